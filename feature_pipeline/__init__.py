@@ -1,0 +1,1 @@
+"""Feature pipeline: raw source -> validated, immutable, versioned feature table."""

@@ -1,0 +1,190 @@
+"""The ``fti`` command: a thin dispatcher over the three services.
+
+Each sub-command imports only the service it runs, so the inference image
+(which has no training dependencies) can still run ``fti serve``. Errors a user
+can fix are printed as one message with what to do next, exit code 2; an
+internal error keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.utils.uv_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _spec(path: str) -> Any:
+    from shared.spec import load_spec
+
+    return load_spec(path)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from fti.demo_data import write_source
+
+    path = write_source(args.spec, n_policyholders=args.policyholders, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_features_run(args: argparse.Namespace) -> int:
+    from feature_pipeline.config import Settings
+    from feature_pipeline.pipeline import run
+
+    result = run(_spec(args.spec), Settings(), as_of=args.as_of, strict=args.strict)
+    info = result.info
+    state = "created" if result.published.created else "unchanged (identical content already published)"
+    print(f"feature version {info.version} of {info.dataset!r}: {state}; {info.row_count} rows, "
+          f"checksum {info.checksum[:16]}..., as of {info.as_of.isoformat()}Z ({result.seconds:.1f}s)")
+    return 0
+
+
+def cmd_features_list(args: argparse.Namespace) -> int:
+    from feature_pipeline.config import Settings
+    from shared import feature_table as ft
+    from shared.db import make_engine
+
+    spec = _spec(args.spec).spec
+    engine = make_engine(Settings().feature_store_url)
+    versions = ft.list_versions(engine, spec.name)
+    if args.json:
+        _print([v.as_dict() for v in versions])
+        return 0
+    if not versions:
+        print(f"no feature versions of {spec.name!r} yet: run `fti features run --spec {args.spec}`")
+    for v in versions:
+        print(f"v{v.version}\t{v.row_count} rows\tas of {ft.iso_utc(v.as_of)}\tchecksum {v.checksum[:16]}\t"
+              f"spec {v.spec_hash[:12]}\tcreated {ft.iso_utc(v.created_at)}")
+    return 0
+
+
+def cmd_features_show(args: argparse.Namespace) -> int:
+    from feature_pipeline.config import Settings
+    from shared import feature_table as ft
+    from shared.db import make_engine
+
+    spec = _spec(args.spec).spec
+    engine = make_engine(Settings().feature_store_url)
+    info = ft.get_version(engine, spec.name, args.version)
+    out = info.as_dict()
+    if args.verify:
+        checksum, rows = ft.stored_checksum(engine, spec.name, info.version)
+        out["verified"] = checksum == info.checksum and rows == info.row_count
+    _print(out)
+    return 0 if out.get("verified", True) else 1
+
+
+def cmd_features_migrate(args: argparse.Namespace) -> int:
+    from feature_pipeline.config import Settings
+    from shared import feature_table as ft
+    from shared.db import make_engine, redact
+
+    settings = Settings()
+    ft.upgrade(make_engine(settings.feature_store_url))
+    print(f"feature store at {redact(settings.feature_store_url)} is at schema revision {ft.SCHEMA_HEAD}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training_pipeline.config import Settings
+    from training_pipeline.pipeline import run
+
+    r = run(_spec(args.spec), Settings(), feature_version=args.feature_version, promote=args.promote)
+    primary = r.decision.metric
+    print(f"model {r.model_name} version {r.version} (run {r.run_id}, feature version {r.feature_version}): "
+          f"{primary} {r.metrics[primary]:.4f}; {'PROMOTED' if r.decision.promoted else 'not promoted'} - "
+          f"{r.decision.reason} ({r.seconds:.1f}s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from inference_service.main import serve
+
+    if args.spec:
+        os.environ["FTI_SPEC"] = args.spec
+    return serve(host=args.host, port=args.port)
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fti", description="Feature / training / inference pipelines with proven parity")
+    p.add_argument("--log-level", default=os.environ.get("FTI_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="demo data").add_subparsers(dest="action", required=True)
+    g = data.add_parser("generate", help="write the seeded demo claims source where the spec points")
+    g.add_argument("--spec", required=True)
+    g.add_argument("--policyholders", type=int, default=4000)
+    g.add_argument("--seed", type=int, default=42)
+    g.set_defaults(func=cmd_data_generate)
+
+    feats = sub.add_parser("features", help="the feature pipeline").add_subparsers(dest="action", required=True)
+    r = feats.add_parser("run", help="validate the source and publish a new immutable feature version")
+    r.add_argument("--spec", required=True)
+    r.add_argument("--as-of", help="cutoff (ISO 8601): only rows that happened and arrived by then")
+    r.add_argument("--strict", action="store_true", help="fail on source columns the spec does not declare")
+    r.set_defaults(func=cmd_features_run)
+    ls = feats.add_parser("list", help="list feature versions")
+    ls.add_argument("--spec", required=True)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_features_list)
+    sh = feats.add_parser("show", help="show one version's manifest")
+    sh.add_argument("version", type=int, nargs="?", help="default: the latest")
+    sh.add_argument("--spec", required=True)
+    sh.add_argument("--verify", action="store_true", help="recompute the checksum from the stored rows")
+    sh.set_defaults(func=cmd_features_show)
+    mg = feats.add_parser("migrate", help="create or upgrade the feature-store schema")
+    mg.set_defaults(func=cmd_features_migrate)
+
+    t = sub.add_parser("train", help="the training pipeline")
+    t.add_argument("--spec", required=True)
+    t.add_argument("--feature-version", type=int, help="default: the latest committed version")
+    t.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
+                   help="auto: move the alias only if at least as good as the champion")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("serve", help="the inference service (REST API)")
+    s.add_argument("--spec", help="default: $FTI_SPEC")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    from shared.errors import user_error_message
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - user errors get one clear line, others a traceback
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        print(f"fti: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one test command:   bash scripts/test.sh [pytest args...]
+#
+# Bootstraps the environment (scripts/bootstrap.sh), then runs
+# `.venv/bin/python -m pytest "$@"` from the repo root (no args = whole suite).
+# Exits with pytest's exit code, except that exit 5 ("no tests collected")
+# is turned into a failure (exit 1).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+bash "$root/scripts/bootstrap.sh"
+export UV_SYSTEM_CERTS=1 UV_PYTHON_DOWNLOADS=never
+
+cd "$root"
+echo "test.sh: .venv/bin/python -m pytest $*" >&2
+rc=0
+"$root/.venv/bin/python" -m pytest "$@" || rc=$?
+
+if [[ $rc -eq 5 ]]; then
+    echo "test.sh: FAILED - pytest collected no tests (exit 5)" >&2
+    exit 1
+fi
+exit "$rc"

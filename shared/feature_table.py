@@ -1,0 +1,337 @@
+"""The feature-table contract: what the feature job writes and training and serving read.
+
+Two tables, one schema for every dataset (so a new spec needs no migration):
+
+* ``fti_feature_versions`` -- the manifest, one row per immutable version.
+* ``fti_feature_rows`` -- one row per source record and version: the keys as
+  typed columns (for point-in-time lookups) and every other column as one
+  canonical JSON text (``payload``).
+
+The payload is canonical (sorted keys, shortest round-trip float repr,
+``null`` for missing), so the version checksum can be recomputed from the
+stored rows on any backend, and a float read back is bit-identical to the one
+written. A version's rows and its manifest row are committed in one
+transaction: a version is visible completely or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+
+from shared.spec import ColumnType, DatasetSpec
+
+SCHEMA_HEAD = "0001"
+VERSION_TABLE = "fti_alembic_version"
+
+metadata = MetaData()
+
+feature_versions = Table(
+    "fti_feature_versions", metadata,
+    Column("dataset", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("row_count", Integer, nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("shared_version", String(32), nullable=False),
+    Column("code_commit", String(64), nullable=False),
+    Column("source_format", String(16), nullable=False),
+    Column("source_location", Text, nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+    Column("as_of", DateTime, nullable=False),
+    Column("columns", JSON, nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("dataset", "version", name="pk_fti_feature_versions"),
+    UniqueConstraint("dataset", "checksum", name="uq_fti_feature_versions_checksum"),
+)
+
+feature_rows = Table(
+    "fti_feature_rows", metadata,
+    Column("dataset", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("record_id", String(256), nullable=False),
+    Column("entity_key", String(256), nullable=False),
+    Column("event_time", DateTime, nullable=True),
+    Column("payload", Text, nullable=False),
+    PrimaryKeyConstraint("dataset", "version", "record_id", name="pk_fti_feature_rows"),
+    ForeignKeyConstraint(["dataset", "version"], ["fti_feature_versions.dataset", "fti_feature_versions.version"],
+                         name="fk_fti_feature_rows_version", ondelete="CASCADE"),
+    Index("ix_fti_feature_rows_entity_time", "dataset", "version", "entity_key", "event_time"),
+)
+
+
+class FeatureStoreError(RuntimeError):
+    """The feature store is missing, at the wrong schema revision, or lacks a version."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    dataset: str
+    version: int
+    checksum: str
+    row_count: int
+    spec_hash: str
+    shared_version: str
+    code_commit: str
+    source_format: str
+    source_location: str
+    source_sha256: str
+    as_of: datetime
+    columns: list[list[str]]
+    details: dict[str, Any]
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["as_of"] = iso_utc(self.as_of)
+        d["created_at"] = iso_utc(self.created_at)
+        return d
+
+
+# --------------------------------------------------------------------------- schema
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Create or migrate the feature-store tables to the head revision."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def check_schema(engine: Engine) -> None:
+    """Readers call this: fail with what to do instead of an SQL error later."""
+    try:
+        rev = schema_revision(engine)
+    except Exception as exc:  # noqa: BLE001 - connection errors get a user-facing message
+        raise FeatureStoreError(f"cannot reach the feature store at {engine.url!r}: {exc}") from exc
+    if rev is None:
+        raise FeatureStoreError(
+            f"the feature store at {engine.url!r} has no fti tables yet: run `fti features run --spec ...` first")
+    if rev != SCHEMA_HEAD:
+        raise FeatureStoreError(
+            f"the feature store schema is at revision {rev}, this code expects {SCHEMA_HEAD}: "
+            "run `fti features migrate` with the newer fti version")
+
+
+# --------------------------------------------------------------------------- encoding
+
+def iso_utc(ts: Any) -> str:
+    """Timestamp -> 'YYYY-MM-DDTHH:MM:SS.ffffffZ' (naive values are UTC)."""
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def naive_utc(ts: Any) -> datetime:
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return t.tz_localize(None).to_pydatetime()
+
+
+def _json_value(v: Any) -> Any:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isnan(f):
+            return None
+        if math.isinf(f):
+            raise ValueError("infinite values cannot be stored in the feature table")
+        return f + 0.0
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (pd.Timestamp, datetime, np.datetime64)):
+        return iso_utc(v)
+    return v
+
+
+def encode_payloads(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """Canonical JSON text per row for ``columns``."""
+    cols = {c: frame[c].to_numpy(dtype=object) for c in columns}
+    out = []
+    for i in range(len(frame)):
+        row = {c: _json_value(cols[c][i]) for c in columns}
+        out.append(json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+    return out
+
+
+def checksum_lines(record_ids: Iterable[str], entities: Iterable[str], times: Iterable[str | None],
+                   payloads: Iterable[str]) -> tuple[str, int]:
+    """sha256 over rows sorted by record id (Python order, not the database's collation)."""
+    rows = sorted(zip(record_ids, entities, times, payloads, strict=True), key=lambda r: r[0])
+    h = hashlib.sha256()
+    for rid, ent, ts, payload in rows:
+        h.update(f"{rid}\t{ent}\t{ts or ''}\t{payload}\n".encode())
+    return h.hexdigest(), len(rows)
+
+
+def decode_frame(rows: Sequence[Any], spec: DatasetSpec) -> pd.DataFrame:
+    """Stored rows (record_id, entity_key, event_time, payload) -> canonical DataFrame."""
+    payload_cols = spec.stored_columns
+    data: dict[str, list[Any]] = {c: [] for c in payload_cols}
+    rids, ents, times = [], [], []
+    for r in rows:
+        rids.append(r.record_id)
+        ents.append(r.entity_key)
+        times.append(r.event_time)
+        values = json.loads(r.payload)
+        for c in payload_cols:
+            data[c].append(values.get(c))
+    frame = pd.DataFrame({spec.record_id: pd.Series(rids, dtype=object),
+                          spec.entity_key: pd.Series(ents, dtype=object)})
+    if spec.event_time:
+        frame[spec.event_time] = pd.to_datetime(pd.Series(times, dtype=object), utc=True).astype(
+            "datetime64[us, UTC]")
+    for c in payload_cols:
+        frame[c] = _typed(data[c], column_type(spec, c))
+    return frame
+
+
+def column_type(spec: DatasetSpec, name: str) -> ColumnType:
+    col = spec.columns.get(name)
+    return col.type if col is not None else ColumnType.FLOAT
+
+
+def _typed(values: list[Any], ctype: ColumnType) -> Any:
+    if ctype.is_numeric:
+        return pd.Series(np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64) + 0.0)
+    if ctype == ColumnType.TIMESTAMP:
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).astype("datetime64[us, UTC]")
+    return pd.Series([np.nan if v is None else str(v) for v in values], dtype=object)
+
+
+def frame_columns(spec: DatasetSpec) -> list[list[str]]:
+    """The schema recorded in the manifest: [name, type] for every stored column."""
+    return [[c, column_type(spec, c).value] for c in spec.stored_columns]
+
+
+# --------------------------------------------------------------------------- reads
+
+def _info(row: Any) -> VersionInfo:
+    return VersionInfo(**{k: row._mapping[k] for k in VersionInfo.__dataclass_fields__})
+
+
+def list_versions(engine: Engine, dataset: str) -> list[VersionInfo]:
+    check_schema(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(select(feature_versions).where(feature_versions.c.dataset == dataset)
+                            .order_by(feature_versions.c.version)).all()
+    return [_info(r) for r in rows]
+
+
+def get_version(engine: Engine, dataset: str, version: int | None = None) -> VersionInfo:
+    """One version's manifest; ``None`` means the latest committed version."""
+    check_schema(engine)
+    q = select(feature_versions).where(feature_versions.c.dataset == dataset)
+    q = q.where(feature_versions.c.version == version) if version is not None else \
+        q.order_by(feature_versions.c.version.desc()).limit(1)
+    with engine.connect() as conn:
+        row = conn.execute(q).first()
+    if row is None:
+        if version is None:
+            raise FeatureStoreError(f"dataset {dataset!r} has no feature version yet: run "
+                                    f"`fti features run --spec ...` first")
+        raise FeatureStoreError(f"dataset {dataset!r} has no feature version {version} "
+                                f"(see `fti features list --spec ...`)")
+    return _info(row)
+
+
+def read_version(engine: Engine, spec: DatasetSpec, version: int) -> pd.DataFrame:
+    """All rows of a version as a canonical frame, sorted by record id."""
+    check_schema(engine)
+    t = feature_rows
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.record_id, t.c.entity_key, t.c.event_time, t.c.payload)
+                            .where(and_(t.c.dataset == spec.name, t.c.version == version))).all()
+    rows = sorted(rows, key=lambda r: r.record_id)
+    return decode_frame(rows, spec)
+
+
+def stored_checksum(engine: Engine, dataset: str, version: int) -> tuple[str, int]:
+    """Recompute a version's checksum from its stored rows."""
+    t = feature_rows
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.record_id, t.c.entity_key, t.c.event_time, t.c.payload)
+                            .where(and_(t.c.dataset == dataset, t.c.version == version))).all()
+    return checksum_lines((r.record_id for r in rows), (r.entity_key for r in rows),
+                          (iso_utc(r.event_time) if r.event_time is not None else None for r in rows),
+                          (r.payload for r in rows))
+
+
+def read_history(engine: Engine, spec: DatasetSpec, version: int, entities: Iterable[str],
+                 before: datetime) -> pd.DataFrame:
+    """Rows of ``entities`` in a version with event time strictly before ``before``."""
+    t = feature_rows
+    keys = sorted(set(entities))
+    rows: list[Any] = []
+    with engine.connect() as conn:
+        for i in range(0, len(keys), 500):
+            rows.extend(conn.execute(
+                select(t.c.record_id, t.c.entity_key, t.c.event_time, t.c.payload).where(and_(
+                    t.c.dataset == spec.name, t.c.version == version,
+                    t.c.entity_key.in_(keys[i:i + 500]), t.c.event_time < naive_utc(before)))).all())
+    rows.sort(key=lambda r: r.record_id)
+    return decode_frame(rows, spec)
+
+
+def read_records(engine: Engine, spec: DatasetSpec, version: int, record_ids: Iterable[str]) -> pd.DataFrame:
+    t = feature_rows
+    ids = sorted(set(record_ids))
+    rows: list[Any] = []
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 500):
+            rows.extend(conn.execute(
+                select(t.c.record_id, t.c.entity_key, t.c.event_time, t.c.payload).where(and_(
+                    t.c.dataset == spec.name, t.c.version == version,
+                    t.c.record_id.in_(ids[i:i + 500])))).all())
+    rows.sort(key=lambda r: r.record_id)
+    return decode_frame(rows, spec)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,362 @@
+"""Raw records -> one canonical, typed DataFrame, with every problem named.
+
+The feature job (CSV / Parquet / SQL rows) and the inference service (JSON
+records) both go through this module, so a value means the same thing on both
+sides. Dtypes come from the spec, never from pandas inference, because pandas
+infers differently for one row than for many (a JSON ``null`` alone is float,
+beside strings it is object). Canonical dtypes:
+
+* ``int`` / ``float`` / ``bool`` -> float64, missing -> NaN, ``-0.0`` -> ``0.0``
+* ``category`` / ``string`` -> object holding ``str``, missing -> NaN;
+  empty or whitespace-only strings count as missing
+* ``timestamp`` -> ``datetime64[us, UTC]``; naive times are taken as UTC
+* ``record_id`` and ``entity_key`` -> ``str`` whatever their declared type
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.spec import ColumnSpec, ColumnType, DatasetSpec
+
+# Business bounds for timestamps: pandas accepts years 1 and 9999, which are
+# almost always unit or entry errors in tabular ML data.
+MIN_TIMESTAMP = pd.Timestamp("1900-01-01", tz="UTC")
+MAX_TIMESTAMP = pd.Timestamp("2200-01-01", tz="UTC")
+MAX_ROWS_LISTED = 10
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input: a column (or None for the whole input) and the rows."""
+
+    code: str
+    message: str
+    column: str | None = None
+    rows: tuple[int, ...] = ()
+    row_count: int = 0
+
+    def describe(self, row_label: str = "row", row_base: int = 0) -> str:
+        where = f"column {self.column!r}: " if self.column else ""
+        if not self.rows:
+            return where + self.message
+        shown = ", ".join(str(r + row_base) for r in self.rows)
+        more = f" (+{self.row_count - len(self.rows)} more)" if self.row_count > len(self.rows) else ""
+        plural = "s" if self.row_count > 1 else ""
+        return f"{where}{self.message} at {row_label}{plural} {shown}{more}"
+
+    def as_dict(self, row_base: int = 0) -> dict[str, Any]:
+        return {"code": self.code, "column": self.column, "message": self.message,
+                "rows": [r + row_base for r in self.rows], "row_count": self.row_count}
+
+
+@dataclass
+class Problems:
+    items: list[Problem] = field(default_factory=list)
+
+    def add(self, code: str, message: str, column: str | None = None,
+            rows: Iterable[int] | np.ndarray | None = None) -> None:
+        rows_list = [int(r) for r in (rows if rows is not None else [])]
+        self.items.append(Problem(code, message, column, tuple(rows_list[:MAX_ROWS_LISTED]),
+                                  len(rows_list)))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+class RawDataError(ValueError):
+    """Raised when raw input fails the spec; ``problems`` lists every finding."""
+
+    def __init__(self, problems: Sequence[Problem], *, row_label: str = "row", row_base: int = 0,
+                 context: str = "input"):
+        self.problems = list(problems)
+        self.row_label = row_label
+        self.row_base = row_base
+        lines = [f"  - {p.describe(row_label, row_base)}" for p in self.problems]
+        super().__init__(f"{context} failed validation ({len(self.problems)} problem(s)):\n" + "\n".join(lines))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _missing_mask(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
+            out[i] = True
+        elif isinstance(v, str) and not v.strip():
+            out[i] = True
+    return out
+
+
+def _canonical_float(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr, dtype=np.float64)
+    return arr + 0.0  # turns -0.0 into 0.0 so SQL round trips cannot flip a sign
+
+
+def _parse_numeric(values: np.ndarray, col: ColumnSpec, strict_json: bool
+                   ) -> tuple[np.ndarray, list[int], str]:
+    """Return float64 values and the rows that could not be parsed."""
+    out = np.full(len(values), np.nan, dtype=np.float64)
+    bad: list[int] = []
+    is_bool = col.type == ColumnType.BOOL
+    for i, v in enumerate(values):
+        if v is None or v is pd.NA or v is pd.NaT:
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            if is_bool:
+                out[i] = 1.0 if v else 0.0
+            else:
+                bad.append(i)
+            continue
+        if isinstance(v, str):
+            s = v.strip()
+            if not s:
+                continue
+            if strict_json:  # JSON sends numbers as numbers; "1.5" is a client bug
+                bad.append(i)
+                continue
+            if is_bool:
+                low = s.lower()
+                if low in _TRUE:
+                    out[i] = 1.0
+                elif low in _FALSE:
+                    out[i] = 0.0
+                else:
+                    bad.append(i)
+                continue
+            try:
+                out[i] = float(s)
+            except ValueError:
+                bad.append(i)
+            continue
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            if is_bool and strict_json:
+                bad.append(i)
+                continue
+            f = float(v)
+            if is_bool and not math.isnan(f) and f not in (0.0, 1.0):
+                bad.append(i)
+                continue
+            out[i] = f
+            continue
+        bad.append(i)
+    kind = "true/false" if is_bool else ("an integer" if col.type == ColumnType.INT else "a number")
+    return out, bad, kind
+
+
+def _parse_text(values: np.ndarray, strict_json: bool) -> tuple[np.ndarray, list[int]]:
+    out = np.empty(len(values), dtype=object)
+    bad: list[int] = []
+    for i, v in enumerate(values):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            out[i] = np.nan
+        elif isinstance(v, str):
+            out[i] = v if v.strip() else np.nan
+        elif strict_json or isinstance(v, (bool, np.bool_, float, np.floating)) and not float(v).is_integer():
+            bad.append(i)
+            out[i] = np.nan
+        elif isinstance(v, (bool, np.bool_)):
+            bad.append(i)
+            out[i] = np.nan
+        elif isinstance(v, (int, np.integer, float, np.floating)):
+            out[i] = str(int(v))  # typed sources (Parquet/SQL) may hold codes as numbers
+        else:
+            bad.append(i)
+            out[i] = np.nan
+    return out, bad
+
+
+def _parse_timestamps(values: np.ndarray) -> tuple[pd.Series, list[int]]:
+    micros = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)  # NaT sentinel
+    bad: list[int] = []
+    lo, hi = MIN_TIMESTAMP.value // 1000, MAX_TIMESTAMP.value // 1000
+    for i, v in enumerate(values):
+        if v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if isinstance(v, str):
+            if not v.strip():
+                continue
+            v = v.strip()
+        elif not (isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat")):
+            bad.append(i)  # epoch numbers are ambiguous (s? ms?): refuse rather than guess
+            continue
+        try:
+            ts = pd.Timestamp(v)
+        except (ValueError, TypeError, OverflowError):
+            bad.append(i)
+            continue
+        if ts is pd.NaT:
+            continue
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        us = int(ts.value // 1000)  # Timestamp.value is always in nanoseconds
+        if not (lo <= us < hi):
+            bad.append(i)
+            continue
+        micros[i] = us
+    out = pd.Series(micros.view("datetime64[us]")).dt.tz_localize("UTC")
+    return out, bad
+
+
+def _as_object_array(series_or_values: Any) -> np.ndarray:
+    if isinstance(series_or_values, pd.Series):
+        s = series_or_values
+        if isinstance(s.dtype, pd.DatetimeTZDtype) or s.dtype.kind == "M":
+            return np.array(list(s), dtype=object)
+        return s.astype(object).to_numpy()
+    return np.asarray(series_or_values, dtype=object)
+
+
+# --------------------------------------------------------------------------- core
+
+def _normalize_columns(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, columns: list[str],
+                       *, strict_json: bool, problems: Problems) -> pd.DataFrame:
+    out: dict[str, Any] = {}
+    key_columns = {spec.record_id, spec.entity_key}
+    for name in columns:
+        col = spec.columns[name]
+        raw = _as_object_array(data[name])
+        missing = _missing_mask(raw)
+        if col.type.is_numeric:
+            values, bad, kind = _parse_numeric(raw, col, strict_json)
+            if bad:
+                problems.add("invalid_type", f"expected {kind}", name, bad)
+            finite_bad = np.flatnonzero(np.isinf(values))
+            if len(finite_bad):
+                problems.add("not_finite", "infinite values are not allowed", name, finite_bad)
+                values[np.isinf(values)] = np.nan
+                bad = bad + [int(i) for i in finite_bad]
+            if col.type == ColumnType.INT:
+                frac = np.flatnonzero(~np.isnan(values) & (np.floor(values) != values))
+                frac = np.setdiff1d(frac, bad)
+                if len(frac):
+                    problems.add("invalid_type", "expected an integer", name, frac)
+            with np.errstate(invalid="ignore"):
+                if col.min is not None:
+                    low = np.flatnonzero(values < col.min)
+                    if len(low):
+                        problems.add("out_of_range", f"below the minimum {col.min:g}", name, low)
+                if col.max is not None:
+                    high = np.flatnonzero(values > col.max)
+                    if len(high):
+                        problems.add("out_of_range", f"above the maximum {col.max:g}", name, high)
+            series: Any = _canonical_float(values)
+            missing = missing | np.isnan(series)
+        elif col.type.is_text:
+            values_t, bad = _parse_text(raw, strict_json)
+            if bad:
+                problems.add("invalid_type", "expected a string", name, bad)
+            too_long = [i for i, v in enumerate(values_t) if isinstance(v, str) and len(v) > col.max_length]
+            if too_long:
+                problems.add("too_long", f"longer than {col.max_length} characters", name, too_long)
+            series = values_t
+        else:
+            ts, bad = _parse_timestamps(raw)
+            if bad:
+                problems.add("invalid_timestamp",
+                             f"expected an ISO 8601 timestamp between {MIN_TIMESTAMP.year} and "
+                             f"{MAX_TIMESTAMP.year}", name, bad)
+            series = ts
+            missing = missing | ts.isna().to_numpy()
+        if not col.nullable:
+            null_rows = np.setdiff1d(np.flatnonzero(missing), np.asarray(bad, dtype=int))
+            if len(null_rows):
+                problems.add("missing_value", "a value is required", name, null_rows)
+        if name in key_columns:
+            series = _key_strings(series, col)
+        out[name] = series
+    frame = pd.DataFrame(out, index=pd.RangeIndex(n_rows))
+    for name in columns:
+        col = spec.columns[name]
+        if col.type.is_text or name in key_columns:
+            frame[name] = frame[name].astype(object)
+    return frame
+
+
+def _key_strings(values: Any, col: ColumnSpec) -> np.ndarray:
+    arr = np.asarray(values, dtype=object)
+    if col.type == ColumnType.INT:
+        return np.array([np.nan if (isinstance(v, float) and math.isnan(v)) else str(int(v)) for v in arr],
+                        dtype=object)
+    return arr
+
+
+def check_unique(frame: pd.DataFrame, columns: list[str], problems: Problems, what: str) -> None:
+    """Report rows whose ``columns`` values repeat (missing keys are reported elsewhere)."""
+    dup = frame.duplicated(subset=columns, keep=False) & frame[columns].notna().all(axis=1)
+    if dup.any():
+        problems.add("duplicate_key", f"duplicate {what}", columns[0], np.flatnonzero(dup.to_numpy()))
+
+
+def normalize_frame(frame: pd.DataFrame, spec: DatasetSpec, *, require_label: bool = True
+                    ) -> tuple[pd.DataFrame, Problems, list[str]]:
+    """Normalise a source frame (file or SQL rows). Returns (frame, problems, extra columns).
+
+    Extra source columns are reported, not fatal (schema drift that adds a column
+    must not break the job); missing ones are problems.
+    """
+    problems = Problems()
+    wanted = [c for c in spec.columns if require_label or c != spec.label]
+    present = set(map(str, frame.columns))
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        problems.add("missing_column", "required column is absent from the source: " + ", ".join(missing))
+    dupes = sorted({str(c) for c in frame.columns if list(frame.columns).count(c) > 1})
+    if dupes:
+        problems.add("duplicate_column", "column names appear more than once: " + ", ".join(dupes))
+    extra = [str(c) for c in frame.columns if str(c) not in spec.columns]
+    if missing or dupes:
+        return pd.DataFrame(), problems, extra
+    if len(frame) == 0:
+        problems.add("empty", "the source has no rows")
+        return pd.DataFrame(), problems, extra
+    data = {c: frame[c].reset_index(drop=True) for c in wanted}
+    out = _normalize_columns(data, len(frame), spec, wanted, strict_json=False, problems=problems)
+    return out, problems, extra
+
+
+def normalize_records(records: Sequence[Any], spec: DatasetSpec) -> tuple[pd.DataFrame, Problems]:
+    """Normalise JSON prediction records (strict: numbers must be JSON numbers).
+
+    Every raw input column is required as a key (``null`` where missing); the
+    label may be present and is ignored; any other key is an error, because a
+    silently dropped field is a silent disagreement with the client.
+    """
+    problems = Problems()
+    columns = spec.raw_input_columns
+    allowed = set(columns) | {spec.label}
+    if spec.source.ingestion_time:
+        allowed.add(spec.source.ingestion_time)
+    data: dict[str, list[Any]] = {c: [None] * len(records) for c in columns}
+    not_objects: list[int] = []
+    missing_by_col: dict[str, list[int]] = {}
+    unknown_by_col: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            not_objects.append(i)
+            continue
+        for key, value in rec.items():
+            if key in data:
+                data[key][i] = value
+            elif key not in allowed:
+                unknown_by_col.setdefault(str(key)[:64], []).append(i)
+        for c in columns:
+            if c not in rec:
+                missing_by_col.setdefault(c, []).append(i)
+    if not_objects:
+        problems.add("invalid_record", "each record must be a JSON object", None, not_objects)
+    for c, rows in missing_by_col.items():
+        problems.add("missing_field", "field is absent (send null for a missing value)", c, rows)
+    for c, rows in list(unknown_by_col.items())[:20]:
+        problems.add("unknown_field", "field is not part of the spec", c, rows)
+    if problems:
+        return pd.DataFrame(), problems
+    out = _normalize_columns(data, len(records), spec, columns, strict_json=True, problems=problems)
+    return out, problems

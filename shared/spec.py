@@ -1,0 +1,446 @@
+"""The dataset spec: one YAML file describes a dataset, its features and its model.
+
+A user brings their own tabular data by writing a spec; no code changes. The
+spec is validated by pydantic and versioned by a content hash of its canonical
+form (comments and key order do not change the hash; any value does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPEC_FORMAT_VERSION = 1
+ALLOWED_ESTIMATOR_MODULES = ("sklearn.", "xgboost.", "lightgbm.")
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class SpecError(ValueError):
+    """The spec file is missing, unreadable or invalid; the message says what to fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnType(StrEnum):
+    """Logical type of a raw column. Model-facing dtypes follow from it.
+
+    ``int``, ``float`` and ``bool`` become float64 (missing -> NaN),
+    ``category`` and ``string`` become object columns of ``str`` (missing -> NaN),
+    ``timestamp`` becomes UTC ``datetime64[us]``.
+    """
+
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    CATEGORY = "category"
+    STRING = "string"
+    TIMESTAMP = "timestamp"
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (ColumnType.INT, ColumnType.FLOAT, ColumnType.BOOL)
+
+    @property
+    def is_text(self) -> bool:
+        return self in (ColumnType.CATEGORY, ColumnType.STRING)
+
+
+class ColumnSpec(_Model):
+    type: ColumnType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    max_length: int = Field(default=256, ge=1, le=65536)
+    # ``False`` keeps the column in the feature table (e.g. as input of a history
+    # aggregate) without feeding it to the model.
+    feature: bool = True
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds_fit_type(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and not self.type.is_numeric:
+            raise ValueError("min/max apply to int, float and bool columns only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class SourceSpec(_Model):
+    """Where the raw data lives. Relative paths resolve against the spec file's folder.
+
+    ``path``, ``url`` and ``query`` may reference environment variables as
+    ``${VAR}`` or ``${VAR:-default}`` so credentials never live in the spec.
+    """
+
+    format: Literal["csv", "parquet", "sql"]
+    path: str | None = None
+    url: str | None = None
+    table: str | None = None
+    query: str | None = None
+    # Optional column holding when each row became known to the source. With it,
+    # ``--as-of`` also excludes rows ingested after the cutoff (late arrivals).
+    ingestion_time: str | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSpec:
+        if self.format in ("csv", "parquet"):
+            if not self.path:
+                raise ValueError(f"a {self.format} source needs 'path'")
+            if self.url or self.table or self.query:
+                raise ValueError(f"a {self.format} source takes 'path' only, not url/table/query")
+        else:
+            if not self.url:
+                raise ValueError("a sql source needs 'url' (an SQLAlchemy URL, e.g. ${SOURCE_URL})")
+            if bool(self.table) == bool(self.query):
+                raise ValueError("a sql source needs exactly one of 'table' or 'query'")
+            if self.path:
+                raise ValueError("a sql source takes url + table/query, not 'path'")
+        return self
+
+
+class DerivedOp(StrEnum):
+    RATIO = "ratio"  # inputs[0] / inputs[1]; NaN when the denominator is 0 or missing
+    DIFF = "diff"  # inputs[0] - inputs[1]
+    PRODUCT = "product"  # inputs[0] * inputs[1]
+    LOG1P = "log1p"  # log(1 + x); NaN for x <= -1
+    IS_MISSING = "is_missing"  # 1.0 when the input is missing, else 0.0
+    HOUR = "hour"  # hour of a timestamp (UTC)
+    DAY_OF_WEEK = "day_of_week"  # Monday=0 (UTC)
+    MONTH = "month"
+
+
+_DERIVED_ARITY = {
+    DerivedOp.RATIO: 2,
+    DerivedOp.DIFF: 2,
+    DerivedOp.PRODUCT: 2,
+    DerivedOp.LOG1P: 1,
+    DerivedOp.IS_MISSING: 1,
+    DerivedOp.HOUR: 1,
+    DerivedOp.DAY_OF_WEEK: 1,
+    DerivedOp.MONTH: 1,
+}
+_TIME_OPS = {DerivedOp.HOUR, DerivedOp.DAY_OF_WEEK, DerivedOp.MONTH}
+
+
+class DerivedFeature(_Model):
+    name: Annotated[str, Field(pattern=_NAME)]
+    op: DerivedOp
+    inputs: list[str] = Field(min_length=1, max_length=2)
+
+    @model_validator(mode="after")
+    def _arity(self) -> DerivedFeature:
+        want = _DERIVED_ARITY[self.op]
+        if len(self.inputs) != want:
+            raise ValueError(f"op '{self.op}' takes {want} input(s), got {len(self.inputs)}")
+        return self
+
+
+class HistoryOp(StrEnum):
+    COUNT = "count"  # number of earlier events
+    SUM = "sum"
+    MEAN = "mean"
+    MAX = "max"
+    MIN = "min"
+    DAYS_SINCE_LAST = "days_since_last"  # days since the latest earlier event; NaN if none
+
+
+class HistoryFeature(_Model):
+    """An aggregate over the same entity's events strictly before the row's event time."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    op: HistoryOp
+    input: str | None = None
+    window_days: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _input_needed(self) -> HistoryFeature:
+        needs_input = self.op in (HistoryOp.SUM, HistoryOp.MEAN, HistoryOp.MAX, HistoryOp.MIN)
+        if needs_input and not self.input:
+            raise ValueError(f"history op '{self.op}' needs 'input'")
+        if not needs_input and self.input:
+            raise ValueError(f"history op '{self.op}' takes no 'input'")
+        return self
+
+
+class FeaturesSpec(_Model):
+    derived: list[DerivedFeature] = Field(default_factory=list)
+    history: list[HistoryFeature] = Field(default_factory=list)
+
+
+class EstimatorSpec(_Model):
+    """A scikit-learn compatible classifier, by dotted class path, and its parameters."""
+
+    class_path: str = Field(alias="class", pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
+
+    @field_validator("class_path")
+    @classmethod
+    def _known_library(cls, v: str) -> str:
+        # The spec is data, not code: only estimator libraries may be named here.
+        if not v.startswith(ALLOWED_ESTIMATOR_MODULES):
+            raise ValueError(f"estimator class must come from one of {', '.join(ALLOWED_ESTIMATOR_MODULES)}")
+        return v
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SplitSpec(_Model):
+    """Deterministic train/evaluation split.
+
+    ``time``: the latest ``test_size`` fraction by event time is the evaluation
+    set (ties broken by record id). ``stratified``: a seeded stratified split.
+    """
+
+    method: Literal["time", "stratified", "random"] = "time"
+    test_size: float = Field(default=0.25, gt=0, lt=1)
+
+
+PrimaryMetric = Literal["roc_auc", "average_precision", "log_loss", "f1", "accuracy"]
+
+
+class ModelSpec(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")]
+    estimator: EstimatorSpec
+    # Feature-table columns fed to the model, in this order. Default: every raw
+    # column marked ``feature: true`` (except key/time/label/record id), then the
+    # derived features, then the history features.
+    features: list[str] | None = None
+    primary_metric: PrimaryMetric = "roc_auc"
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+
+
+class DatasetSpec(_Model):
+    """The whole spec file."""
+
+    spec_version: Literal[1] = 1
+    name: Annotated[str, Field(pattern=_NAME)]
+    description: str | None = None
+    source: SourceSpec
+    record_id: str
+    entity_key: str
+    event_time: str | None = None
+    label: str
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+    features: FeaturesSpec = Field(default_factory=FeaturesSpec)
+    model: ModelSpec
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names(cls, value: dict[str, ColumnSpec]) -> dict[str, ColumnSpec]:
+        for name in value:
+            if not re.match(_NAME, name):
+                raise ValueError(f"column name {name!r} must match {_NAME}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        errors: list[str] = []
+        cols = self.columns
+
+        def need(name: str, role: str, types: set[ColumnType] | None = None) -> None:
+            if name not in cols:
+                errors.append(f"{role} {name!r} is not declared under 'columns'")
+            elif types is not None and cols[name].type not in types:
+                allowed = ", ".join(sorted(t.value for t in types))
+                errors.append(f"{role} {name!r} must have type {allowed}, not {cols[name].type}")
+
+        keyish = {ColumnType.STRING, ColumnType.CATEGORY, ColumnType.INT}
+        need(self.record_id, "record_id", keyish)
+        need(self.entity_key, "entity_key", keyish)
+        if self.event_time is not None:
+            need(self.event_time, "event_time", {ColumnType.TIMESTAMP})
+        need(self.label, "label", {ColumnType.INT, ColumnType.BOOL, ColumnType.CATEGORY, ColumnType.STRING})
+        for role, name in (("record_id", self.record_id), ("entity_key", self.entity_key),
+                           ("event_time", self.event_time)):
+            if name in cols and cols[name].nullable:
+                errors.append(f"{role} {name!r} must be declared 'nullable: false'")
+        if self.source.ingestion_time is not None:
+            need(self.source.ingestion_time, "source.ingestion_time", {ColumnType.TIMESTAMP})
+        roles = [("record_id", self.record_id), ("entity_key", self.entity_key), ("label", self.label),
+                 ("event_time", self.event_time), ("source.ingestion_time", self.source.ingestion_time)]
+        by_col: dict[str, list[str]] = {}
+        for role, col in roles:
+            if col is not None:
+                by_col.setdefault(col, []).append(role)
+        for col, rs in by_col.items():
+            if len(rs) > 1:
+                errors.append(f"column {col!r} cannot be both {' and '.join(rs)}")
+        if self.model.split.method == "time" and self.event_time is None:
+            errors.append("model.split.method 'time' (the default) needs 'event_time'; "
+                          "use 'stratified' or 'random'")
+        forbidden_inputs = {self.label, self.source.ingestion_time} - {None}
+
+        names = set(cols)
+        for d in self.features.derived:
+            if d.name in names:
+                errors.append(f"derived feature {d.name!r} clashes with an existing name")
+            for i in d.inputs:
+                if i in forbidden_inputs:
+                    errors.append(f"derived feature {d.name!r}: {i!r} (label or ingestion time) cannot be "
+                                  "an input: it is unknown when a prediction is made")
+                elif i not in names:
+                    errors.append(f"derived feature {d.name!r}: unknown input {i!r}")
+                elif d.op in _TIME_OPS and i not in cols:
+                    errors.append(f"derived feature {d.name!r}: op {d.op} needs a raw timestamp column")
+                elif d.op in _TIME_OPS and cols.get(i) and cols[i].type != ColumnType.TIMESTAMP:
+                    errors.append(f"derived feature {d.name!r}: op {d.op} needs a timestamp input")
+                elif d.op not in _TIME_OPS and i in cols and not cols[i].type.is_numeric \
+                        and d.op != DerivedOp.IS_MISSING:
+                    errors.append(f"derived feature {d.name!r}: op {d.op} needs numeric inputs")
+            names.add(d.name)
+        if self.features.history and self.event_time is None:
+            errors.append("history features need 'event_time'")
+        for h in self.features.history:
+            if h.name in names:
+                errors.append(f"history feature {h.name!r} clashes with an existing name")
+            if h.input is not None:
+                if h.input in forbidden_inputs:
+                    errors.append(f"history feature {h.name!r}: {h.input!r} (label or ingestion time) "
+                                  "cannot be an input")
+                elif h.input not in cols:
+                    errors.append(f"history feature {h.name!r}: unknown input {h.input!r} (raw columns only)")
+                elif not cols[h.input].type.is_numeric:
+                    errors.append(f"history feature {h.name!r}: input {h.input!r} must be numeric")
+            names.add(h.name)
+
+        if self.model.features is not None:
+            available = set(self.default_model_features_unchecked()) | {
+                n for n, c in cols.items() if n not in self._reserved()
+            }
+            seen: set[str] = set()
+            for f in self.model.features:
+                if f in seen:
+                    errors.append(f"model.features lists {f!r} twice")
+                seen.add(f)
+                if f not in available:
+                    errors.append(f"model.features: {f!r} is not a feature-table column")
+                elif f in cols and cols[f].type in (ColumnType.TIMESTAMP, ColumnType.STRING):
+                    errors.append(f"model.features: {f!r} has type {cols[f].type}; use a derived feature")
+            if not self.model.features:
+                errors.append("model.features is empty")
+        elif not self.default_model_features_unchecked():
+            errors.append("the model has no input features")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    # --- derived views -------------------------------------------------------
+
+    def _reserved(self) -> set[str]:
+        reserved = {self.record_id, self.entity_key, self.label}
+        if self.event_time:
+            reserved.add(self.event_time)
+        if self.source.ingestion_time:
+            reserved.add(self.source.ingestion_time)
+        return reserved
+
+    def default_model_features_unchecked(self) -> list[str]:
+        reserved = self._reserved()
+        raw = [
+            n for n, c in self.columns.items()
+            if n not in reserved and c.feature and c.type not in (ColumnType.TIMESTAMP, ColumnType.STRING)
+        ]
+        return raw + [d.name for d in self.features.derived] + [h.name for h in self.features.history]
+
+    @property
+    def model_features(self) -> list[str]:
+        """Feature-table columns the model consumes, in order."""
+        return list(self.model.features) if self.model.features else self.default_model_features_unchecked()
+
+    @property
+    def raw_input_columns(self) -> list[str]:
+        """Columns a prediction request carries: every raw column except the label
+        and the ingestion time (which only the source knows)."""
+        skip = {self.label, self.source.ingestion_time}
+        return [n for n in self.columns if n not in skip]
+
+    @property
+    def stored_columns(self) -> list[str]:
+        """Payload columns of a feature-table row (keys are stored separately)."""
+        keys = {self.record_id, self.entity_key, self.event_time, self.source.ingestion_time}
+        raw = [n for n in self.columns if n not in keys]
+        return raw + [d.name for d in self.features.derived] + [h.name for h in self.features.history]
+
+    def feature_kind(self, name: str) -> Literal["numeric", "categorical"]:
+        """How the model treats a feature-table column."""
+        col = self.columns.get(name)
+        if col is None:  # derived and history features are numeric by construction
+            return "numeric"
+        if col.type.is_numeric:
+            return "numeric"
+        return "categorical"
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the spec as written (before ${VAR} expansion)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        # Column order decides the default feature order, so it is part of the content.
+        data["columns"] = [[name, col] for name, col in data["columns"].items()]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class LoadedSpec(BaseModel):
+    """A validated spec plus where it came from (for resolving relative paths)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: DatasetSpec
+    path: Path
+
+    @property
+    def hash(self) -> str:
+        return self.spec.content_hash
+
+    def resolve_path(self, value: str) -> Path:
+        p = Path(expand_env(value))
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+
+def expand_env(value: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if os.environ.get(name):  # like the shell's ${VAR:-default}: empty counts as unset
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise SpecError(f"the spec references ${{{name}}} but that environment variable is not set")
+
+    return _ENV_REF.sub(sub, value)
+
+
+def load_spec(path: str | os.PathLike[str]) -> LoadedSpec:
+    """Read and validate a spec file, with errors that say where the problem is."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file not found: {p} (pass --spec PATH to a YAML spec, e.g. specs/claims.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{p}: the top level must be a mapping of spec fields")
+    try:
+        spec = DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  - {loc}: {err['msg']}")
+        raise SpecError(f"{p}: invalid spec:\n" + "\n".join(lines)) from None
+    return LoadedSpec(spec=spec, path=p.resolve())

@@ -1,0 +1,1 @@
+"""Training pipeline: one feature version -> a tracked, registered, gated model."""

@@ -1,0 +1,10 @@
+"""Training-job settings (environment only; modelling choices live in the spec)."""
+
+from pydantic import Field
+
+from shared.settings import MlflowSettings
+
+
+class Settings(MlflowSettings):
+    experiment: str | None = Field(default=None, description="MLflow experiment; default 'fti-<dataset>'")
+    alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")

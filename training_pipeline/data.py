@@ -1,0 +1,60 @@
+"""Read one feature version and split it deterministically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from shared import feature_table as ft
+from shared.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class Dataset:
+    version: ft.VersionInfo
+    train: pd.DataFrame
+    test: pd.DataFrame
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_test: pd.DataFrame
+    y_test: np.ndarray
+
+
+def labels(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Label column -> int64 when every value is integral, else str."""
+    col = frame[spec.label]
+    if col.isna().any():
+        raise ValueError(f"label {spec.label!r} is missing in {int(col.isna().sum())} feature rows; "
+                         "declare it 'nullable: false' so the feature job rejects such rows")
+    if col.dtype.kind == "f" and np.all(np.floor(col.to_numpy()) == col.to_numpy()):
+        return col.to_numpy().astype(np.int64)
+    return col.astype(str).to_numpy(dtype=object)
+
+
+def split(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    method, size, seed = spec.model.split.method, spec.model.split.test_size, spec.model.seed
+    frame = frame.sort_values(spec.record_id, kind="stable").reset_index(drop=True)
+    if method == "time":
+        if not spec.event_time:
+            raise ValueError("split.method 'time' needs an event_time column; use 'stratified' or 'random'")
+        ordered = frame.sort_values([spec.event_time, spec.record_id], kind="stable")
+        n_test = max(1, int(round(len(ordered) * size)))
+        return ordered.iloc[:-n_test].reset_index(drop=True), ordered.iloc[-n_test:].reset_index(drop=True)
+    stratify = labels(frame, spec) if method == "stratified" else None
+    train, test = train_test_split(frame, test_size=size, random_state=seed, stratify=stratify)
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def load(engine, spec: DatasetSpec, version: int | None) -> Dataset:  # type: ignore[no-untyped-def]
+    info = ft.get_version(engine, spec.name, version)
+    frame = ft.read_version(engine, spec, info.version)
+    train, test = split(frame, spec)
+    y_train, y_test = labels(train, spec), labels(test, spec)
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(f"the training split of version {info.version} holds a single class; "
+                         "more data or another split is needed")
+    cols = spec.model_features
+    return Dataset(info, train, test, train[cols], y_train, test[cols], y_test)

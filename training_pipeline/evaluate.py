@@ -1,0 +1,101 @@
+"""Metrics and plots for a fitted classifier on the evaluation split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+from sklearn.inspection import permutation_importance
+
+LOWER_IS_BETTER = {"log_loss", "brier"}
+
+
+def positive_index(classes: np.ndarray) -> int:
+    """Binary problems: the positive class is the last in sorted order (1, 'yes', True)."""
+    return len(classes) - 1
+
+
+def compute_metrics(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    pred = classes[np.argmax(proba, axis=1)]
+    out: dict[str, float] = {
+        "accuracy": float(skm.accuracy_score(y_true, pred)),
+        "log_loss": float(skm.log_loss(y_true, proba, labels=classes)),
+        "n_eval": float(len(y_true)),
+    }
+    if len(classes) == 2:
+        pos = classes[positive_index(classes)]
+        score = proba[:, positive_index(classes)]
+        y_bin = (y_true == pos).astype(int)
+        out.update({
+            "roc_auc": float(skm.roc_auc_score(y_bin, score)) if len(np.unique(y_bin)) == 2 else float("nan"),
+            "average_precision": float(skm.average_precision_score(y_bin, score)),
+            "f1": float(skm.f1_score(y_true, pred, pos_label=pos, zero_division=0)),
+            "precision": float(skm.precision_score(y_true, pred, pos_label=pos, zero_division=0)),
+            "recall": float(skm.recall_score(y_true, pred, pos_label=pos, zero_division=0)),
+            "brier": float(skm.brier_score_loss(y_bin, score)),
+            "positive_rate": float(y_bin.mean()),
+        })
+    else:
+        out.update({
+            "roc_auc": float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)),
+            "average_precision": float(skm.average_precision_score(
+                (y_true[:, None] == classes[None, :]).astype(int), proba)),
+            "f1": float(skm.f1_score(y_true, pred, average="macro", zero_division=0)),
+        })
+    return out
+
+
+def better_or_equal(metric: str, new: float, old: float) -> bool:
+    if np.isnan(old):
+        return True
+    if np.isnan(new):
+        return False
+    return new <= old if metric in LOWER_IS_BETTER else new >= old
+
+
+def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *, seed: int,
+            primary_metric: str) -> dict[str, Any]:
+    """ROC / PR curves, confusion matrix and permutation feature importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = pipe.classes_
+    figs: dict[str, Any] = {}
+    if len(classes) == 2:
+        pos = classes[positive_index(classes)]
+        y_bin = (y_true == pos).astype(int)
+        score = proba[:, positive_index(classes)]
+        fig, ax = plt.subplots(figsize=(5, 5))
+        skm.RocCurveDisplay.from_predictions(y_bin, score, ax=ax, name="model")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_title("ROC curve (evaluation split)")
+        figs["plots/roc_curve.png"] = fig
+        fig, ax = plt.subplots(figsize=(5, 5))
+        skm.PrecisionRecallDisplay.from_predictions(y_bin, score, ax=ax, name="model")
+        ax.set_title("Precision-recall curve (evaluation split)")
+        figs["plots/pr_curve.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 5))
+    skm.ConfusionMatrixDisplay.from_predictions(y_true, classes[np.argmax(proba, axis=1)], ax=ax,
+                                                colorbar=False)
+    ax.set_title("Confusion matrix (evaluation split)")
+    figs["plots/confusion_matrix.png"] = fig
+
+    sample = X if len(X) <= 3000 else X.sample(3000, random_state=seed)
+    y_sample = y_true if len(X) <= 3000 else y_true[sample.index.to_numpy()]
+    def scoring(est: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
+        value = compute_metrics(est.classes_, y_, est.predict_proba(X_))[primary_metric]
+        return -value if primary_metric in LOWER_IS_BETTER else value
+
+    imp = permutation_importance(pipe, sample, y_sample, n_repeats=3, random_state=seed, scoring=scoring,
+                                 n_jobs=1)
+    order = np.argsort(imp.importances_mean)
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.28 * len(order))))
+    ax.barh(np.asarray(X.columns)[order], imp.importances_mean[order], xerr=imp.importances_std[order])
+    ax.set_title(f"Permutation importance ({primary_metric} drop)")
+    fig.tight_layout()
+    figs["plots/feature_importance.png"] = fig
+    return figs

@@ -1,0 +1,176 @@
+"""MLflow logging, registration, the registry round-trip check and the promotion gate.
+
+Order matters, so that a half-done run never leaves the alias on a bad model:
+log -> register (wait READY) -> load back and compare predictions -> tag
+``fti.validated`` -> gate against the current champion -> move the alias last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training_pipeline.config import Settings
+from training_pipeline.evaluate import better_or_equal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    reason: str
+    metric: str
+    candidate_score: float
+    champion_version: str | None = None
+    champion_score: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def configure(settings: Settings) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+
+
+def ensure_experiment(settings: Settings, name: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if not settings.tracking_uri.startswith(("http://", "https://", "databricks")):
+        # A local tracking database would otherwise put artifacts in ./mlruns of whatever cwd.
+        root = settings.local_artifact_root / name
+        root.mkdir(parents=True, exist_ok=True)
+        location = root.as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to the running environment; avoids MLflow's slow requirement inference."""
+    names = ["mlflow", "scikit-learn", "numpy", "scipy", "pandas", "skops", "fti"]
+    out = []
+    for n in names:
+        try:
+            out.append(f"{n}=={metadata.version(n)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def log_model(pipe: Any, X_example: pd.DataFrame, proba_example: np.ndarray) -> Any:
+    import mlflow
+    import skops.io
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(X_example, proba_example)
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipe))
+    return mlflow.sklearn.log_model(
+        pipe, name="model", signature=signature, input_example=X_example.head(5),
+        pyfunc_predict_fn="predict_proba", serialization_format="skops", skops_trusted_types=trusted,
+        pip_requirements=pip_requirements())
+
+
+def register(model_uri: str, name: str, tags: dict[str, str]) -> Any:
+    import mlflow
+
+    return mlflow.register_model(model_uri, name, await_registration_for=300, tags=tags)
+
+
+def round_trip_check(name: str, version: str, X: pd.DataFrame, expected: np.ndarray) -> None:
+    """Load the registered version back and require bit-identical probabilities."""
+    import mlflow
+
+    reloaded = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    got = reloaded.predict_proba(X)
+    if not np.array_equal(got, expected):
+        diff = float(np.nanmax(np.abs(got - expected)))
+        raise RuntimeError(f"registered model {name}/{version} predicts differently after the registry "
+                           f"round trip (max |diff| {diff:g}); it was not promoted")
+
+
+def champion(name: str, alias: str) -> Any | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.DataFrame, y: np.ndarray,
+         policy: str) -> GateDecision:
+    """Compare with the current champion on the candidate's evaluation data."""
+    import mlflow
+
+    from training_pipeline.evaluate import compute_metrics
+
+    current = champion(name, alias)
+    if policy == "never":
+        return GateDecision(False, "promotion disabled (--promote never)", metric, candidate_score,
+                            current.version if current else None)
+    if current is None:
+        return GateDecision(True, f"no '{alias}' yet: the first version becomes {alias}", metric,
+                            candidate_score)
+    old = mlflow.sklearn.load_model(f"models:/{name}/{current.version}")
+    wanted = list(getattr(old, "feature_names_in_", []))
+    missing = [c for c in wanted if c not in X.columns]
+    if missing:
+        if policy == "always":
+            return GateDecision(True, f"--promote always; champion v{current.version} needs columns the "
+                                      f"evaluation data lacks ({missing[:5]})", metric, candidate_score,
+                                current.version)
+        return GateDecision(False, f"champion v{current.version} cannot score this evaluation data (it needs "
+                                   f"{missing[:5]}); pass --promote always to replace it", metric,
+                            candidate_score, current.version)
+    old_score = compute_metrics(old.classes_, y, old.predict_proba(X[wanted] if wanted else X))[metric]
+    ok = better_or_equal(metric, candidate_score, old_score)
+    if policy == "always":
+        return GateDecision(True, f"--promote always (candidate {candidate_score:.6f} vs champion "
+                                  f"{old_score:.6f})", metric, candidate_score, current.version, old_score)
+    verdict = "at least as good as" if ok else "worse than"
+    return GateDecision(ok, f"candidate {metric} {candidate_score:.6f} is {verdict} champion "
+                            f"v{current.version} {old_score:.6f} on the same evaluation data", metric,
+                        candidate_score, current.version, old_score)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+
+
+def log_json(obj: Any, path: str) -> None:
+    import mlflow
+
+    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+
+
+def log_file(path: Path, artifact_path: str) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path)
