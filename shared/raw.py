@@ -159,6 +159,12 @@ def _parse_text(values: np.ndarray, strict_json: bool) -> tuple[np.ndarray, list
         if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
             out[i] = np.nan
         elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
+                bad.append(i)
+                out[i] = np.nan
+                continue
             out[i] = v if v.strip() else np.nan
         elif strict_json or isinstance(v, (bool, np.bool_, float, np.floating)) and not float(v).is_integer():
             bad.append(i)

@@ -384,6 +384,19 @@ class DatasetSpec(_Model):
         return "categorical"
 
     @property
+    def feature_hash(self) -> str:
+        """sha256 of what decides feature values and model inputs (not the estimator or split).
+
+        Serving refuses a model whose feature hash differs from the spec it was
+        given: same raw record in must mean same features out.
+        """
+        data = self.model_dump(mode="json", by_alias=True,
+                               include={"record_id", "entity_key", "event_time", "label", "columns", "features"})
+        data["columns"] = [[name, col] for name, col in data["columns"].items()]
+        data["model_features"] = self.model_features
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec as written (before ${VAR} expansion)."""
         data = self.model_dump(mode="json", by_alias=True)

@@ -12,7 +12,8 @@ Function-scoped:
     ``mlflow_server`` with short HTTP retries/timeouts; returns the server.
 
 Servers start lazily, only when a test requests them. Start-up times are
-printed in the terminal summary.
+printed in the terminal summary. Helpers (``free_port``, ``wait_until``,
+``create_database``...) live in ``tests/infra/``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.infra.ports import free_port  # noqa: F401  (re-exported for tests)
+if TYPE_CHECKING:
+    from tests.infra.mlflow_server import MlflowServer
+    from tests.infra.postgres import PostgresServer
 
 _STARTUP_TIMES = pytest.StashKey[dict]()
 
@@ -43,14 +47,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(request: pytest.FixtureRequest) -> Iterator["PostgresServer"]:  # noqa: F821
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole session.
 
     ``FTI_TEST_POSTGRES_URL`` (a SQLAlchemy URL) selects an existing server;
     otherwise a throwaway cluster is started from the local binaries and
     removed at the end. Missing binaries FAIL the requesting tests (never skip).
     """
-    from tests.infra.postgres import PostgresNotFound, PostgresServer, start_postgres, stop_postgres
+    from tests.infra.postgres import (
+        PostgresNotFound,
+        PostgresServer,
+        start_postgres,
+        stop_postgres,
+    )
 
     external = os.environ.get("FTI_TEST_POSTGRES_URL")
     if external:
@@ -68,7 +77,7 @@ def postgres_server(request: pytest.FixtureRequest) -> Iterator["PostgresServer"
 
 
 @pytest.fixture(scope="session")
-def postgres_url(postgres_server) -> str:
+def postgres_url(postgres_server: PostgresServer) -> str:
     """SQLAlchemy URL of the session's test database (shared by all tests: clean up after you)."""
     return postgres_server.url
 
@@ -90,7 +99,9 @@ def pg_database(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def mlflow_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
     """A real ``mlflow server`` for the whole session (``.url``, ``.log_path``)."""
     from tests.infra.mlflow_server import start_mlflow_server, stop_mlflow_server
 
@@ -103,7 +114,9 @@ def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture
-def mlflow_env(monkeypatch: pytest.MonkeyPatch, mlflow_server):
+def mlflow_env(
+    monkeypatch: pytest.MonkeyPatch, mlflow_server: MlflowServer
+) -> MlflowServer:
     """Point the MLflow client at ``mlflow_server`` for one test; returns the server.
 
     Sets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, bounds client retries
@@ -116,5 +129,7 @@ def mlflow_env(monkeypatch: pytest.MonkeyPatch, mlflow_server):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     for var in ("NO_PROXY", "no_proxy"):
         current = os.environ.get(var, "")
-        monkeypatch.setenv(var, ",".join(p for p in (current, "127.0.0.1,localhost") if p))
+        monkeypatch.setenv(
+            var, ",".join(p for p in (current, "127.0.0.1,localhost") if p)
+        )
     return mlflow_server

@@ -43,6 +43,8 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int) -> dict[st
         "fti.feature_as_of": ft.iso_utc(info.as_of),
         "fti.source_sha256": info.source_sha256,
         "fti.spec_hash": loaded.hash,
+        "fti.feature_spec_hash": loaded.spec.feature_hash,
+        "fti.model_features": ",".join(loaded.spec.model_features),
         "fti.code_commit": code_commit(),
         "fti.shared_version": shared_version(),
         "fti.seed": str(seed),
@@ -109,7 +111,7 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
         reg.log_json(info.as_dict(), "lineage/feature_version.json")
         log.info("[3/5] logged params, metrics, plots and lineage to run %s", run_id)
 
-        model_info = reg.log_model(pipe, data.X_train.head(50), proba[:50])
+        model_info = reg.log_model(pipe, spec, data.X_train.head(50))
         mv = reg.register(model_info.model_uri, spec.model.name, {**tags, "fti.run_id": run_id})
         reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
         reg.set_version_tags(spec.model.name, mv.version, {"fti.validated": "true"})

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.spec import DatasetSpec
 from training_pipeline.config import Settings
 from training_pipeline.evaluate import better_or_equal
 
@@ -70,12 +71,26 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def log_model(pipe: Any, X_example: pd.DataFrame, proba_example: np.ndarray) -> Any:
+def signature_for(spec: DatasetSpec, n_classes: int) -> Any:
+    """Model signature from the spec, not from an example: a column is required only when the
+    spec says it can never be missing (an example without nulls proves nothing)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    cols = []
+    for name in spec.model_features:
+        col = spec.columns.get(name)
+        kind = "double" if spec.feature_kind(name) == "numeric" else "string"
+        required = col is not None and not col.nullable
+        cols.append(ColSpec(kind, name, required=required))
+    return ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), (-1, n_classes))]))
+
+
+def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame) -> Any:
     import mlflow
     import skops.io
-    from mlflow.models import infer_signature
 
-    signature = infer_signature(X_example, proba_example)
+    signature = signature_for(spec, len(pipe.classes_))
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipe))
     return mlflow.sklearn.log_model(
         pipe, name="model", signature=signature, input_example=X_example.head(5),

@@ -9,6 +9,7 @@ that :func:`stop_mlflow_server` can signal and wait for the whole group.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
@@ -51,13 +52,21 @@ class MlflowServer:
 def mlflow_server_command(root: Path, port: int) -> list[str]:
     """The ``mlflow server`` command line (flags checked against mlflow 3.17.2)."""
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
         "--serve-artifacts",
-        "--workers", "1",
+        "--workers",
+        "1",
     ]
 
 
@@ -71,7 +80,7 @@ def is_healthy(url: str, *, timeout: float = 2.0) -> bool:
     try:
         with _no_proxy_opener().open(f"{url}/health", timeout=timeout) as resp:
             return resp.status == 200
-    except Exception:
+    except (OSError, http.client.HTTPException):  # URLError, refused, timeout, reset
         return False
 
 
@@ -126,7 +135,9 @@ def terminate_process_group(proc: subprocess.Popen, *, grace: float = 20.0) -> N
         pass
 
 
-def start_mlflow_server(root: Path, *, timeout: float = 60.0, attempts: int = 3) -> MlflowServer:
+def start_mlflow_server(
+    root: Path, *, timeout: float = 60.0, attempts: int = 3
+) -> MlflowServer:
     """Start ``mlflow server`` with its state in ``root``; return once ``/health`` is 200.
 
     Polls ``/health`` for at most ``timeout`` s per attempt. If the process exits
@@ -145,19 +156,29 @@ def start_mlflow_server(root: Path, *, timeout: float = 60.0, attempts: int = 3)
     for attempt in range(1, attempts + 1):
         port = free_port()
         with open(log_path, "ab") as log:
-            log.write(f"--- fti test fixture: attempt {attempt}, port {port} ---\n".encode())
+            log.write(
+                f"--- fti test fixture: attempt {attempt}, port {port} ---\n".encode()
+            )
             log.flush()
             proc = subprocess.Popen(
                 mlflow_server_command(root, port),
-                cwd=root, env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         url = f"http://127.0.0.1:{port}"
-        server = MlflowServer(url=url, log_path=log_path, process=proc, root=root, port=port)
+        server = MlflowServer(
+            url=url, log_path=log_path, process=proc, root=root, port=port
+        )
         try:
             ok = wait_until(
-                lambda: is_healthy(url), timeout=timeout, interval=0.25,
-                abort=lambda: proc.poll() is not None,
+                lambda url=url: is_healthy(url),
+                timeout=timeout,
+                interval=0.25,
+                abort=lambda proc=proc: proc.poll() is not None,
             )
         except BaseException:
             terminate_process_group(proc)
@@ -168,9 +189,17 @@ def start_mlflow_server(root: Path, *, timeout: float = 60.0, attempts: int = 3)
         exited = proc.poll()
         terminate_process_group(proc)
         tail = log_tail(log_path, 60)
-        if exited is not None and "address already in use" in tail.lower() and attempt < attempts:
+        if (
+            exited is not None
+            and "address already in use" in tail.lower()
+            and attempt < attempts
+        ):
             continue
-        reason = f"exited with code {exited}" if exited is not None else f"not healthy within {timeout:.0f}s"
+        reason = (
+            f"exited with code {exited}"
+            if exited is not None
+            else f"not healthy within {timeout:.0f}s"
+        )
         raise MlflowServerError(
             f"mlflow server on {url} {reason}.\n--- {log_path} (tail) ---\n{tail}"
         )

@@ -30,15 +30,12 @@ def wait_until(
 
     ``abort`` (optional) is checked each round; if it returns True the wait
     stops early (e.g. the server process died). Returns whether ``predicate``
-    succeeded. Exceptions from ``predicate`` count as "not yet".
+    succeeded. ``predicate`` should return False (not raise) for "not yet".
     """
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if predicate():
-                return True
-        except Exception:
-            pass
+        if predicate():
+            return True
         if abort is not None and abort():
             return False
         if time.monotonic() >= deadline:

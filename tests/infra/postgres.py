@@ -83,7 +83,9 @@ def to_conninfo(url: str) -> str:
     """SQLAlchemy URL (``postgresql+psycopg://...``) -> libpq URI for ``psycopg.connect``."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return (
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
 
 
 def with_database(url: str, dbname: str) -> str:
@@ -114,17 +116,21 @@ def drop_database(server_url: str, dbname: str) -> None:
 
     with _connect(server_url) as conn:
         conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(dbname)
+            )
         )
 
 
 def can_connect(url: str) -> bool:
     """True if ``SELECT 1`` succeeds on ``url`` within a 2 s connect timeout."""
+    import psycopg
+
     try:
         with _connect(url, timeout=2) as conn:
             conn.execute("SELECT 1")
         return True
-    except Exception:
+    except (psycopg.Error, OSError):
         return False
 
 
@@ -158,7 +164,14 @@ def _ensure_service_user() -> str:
         except KeyError:
             pass
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fti-pgtest"],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "fti-pgtest",
+        ],
         check=True,
         capture_output=True,
         timeout=30,
@@ -179,10 +192,18 @@ def _run(cmd: list[str], *, cwd: Path, timeout: float, what: str) -> None:
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
     try:
         res = subprocess.run(
-            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+            cmd,
+            check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        raise PostgresStartError(f"{what} timed out after {timeout:.0f}s: {shlex.join(cmd)}") from exc
+        raise PostgresStartError(
+            f"{what} timed out after {timeout:.0f}s: {shlex.join(cmd)}"
+        ) from exc
     if res.returncode != 0:
         raise PostgresStartError(
             f"{what} failed (exit {res.returncode}): {shlex.join(cmd)}\n"
@@ -190,7 +211,9 @@ def _run(cmd: list[str], *, cwd: Path, timeout: float, what: str) -> None:
         )
 
 
-def start_postgres(dbname: str = "fti_test", *, timeout: float = 30.0, attempts: int = 3) -> PostgresServer:
+def start_postgres(
+    dbname: str = "fti_test", *, timeout: float = 30.0, attempts: int = 3
+) -> PostgresServer:
     """Create and start a throwaway server with database ``dbname``.
 
     Raises :class:`PostgresNotFound` if the binaries are missing and
@@ -208,18 +231,32 @@ def start_postgres(dbname: str = "fti_test", *, timeout: float = 30.0, attempts:
     # /tmp as root: the service user must be able to traverse the path, and the
     # socket path must stay short (< 108 bytes).
     base = Path(tempfile.mkdtemp(prefix="fti-pg-", dir="/tmp" if run_as else None))
-    server = PostgresServer(url="", port=None, base_dir=base, bin_dir=bin_dir, run_as=run_as)
+    server = PostgresServer(
+        url="", port=None, base_dir=base, bin_dir=bin_dir, run_as=run_as
+    )
     try:
         if run_as:
             pw = pwd.getpwnam(run_as)
             os.chown(base, pw.pw_uid, pw.pw_gid)
         _run(
             _as_user(
-                [str(bin_dir / "initdb"), "-D", str(server.data_dir), "-U", SUPERUSER,
-                 "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(server.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
                 run_as,
             ),
-            cwd=base, timeout=120, what="initdb",
+            cwd=base,
+            timeout=120,
+            what="initdb",
         )
         server.timings["initdb"] = time.monotonic() - t0
         with open(server.data_dir / "postgresql.conf", "a") as conf:
@@ -237,12 +274,24 @@ def start_postgres(dbname: str = "fti_test", *, timeout: float = 30.0, attempts:
             try:
                 _run(
                     _as_user(
-                        [str(bin_dir / "pg_ctl"), "-D", str(server.data_dir),
-                         "-l", str(server.log_path), "-o", f"-p {port}",
-                         "-w", "-t", str(int(timeout)), "start"],
+                        [
+                            str(bin_dir / "pg_ctl"),
+                            "-D",
+                            str(server.data_dir),
+                            "-l",
+                            str(server.log_path),
+                            "-o",
+                            f"-p {port}",
+                            "-w",
+                            "-t",
+                            str(int(timeout)),
+                            "start",
+                        ],
                         run_as,
                     ),
-                    cwd=base, timeout=timeout + 15, what="pg_ctl start",
+                    cwd=base,
+                    timeout=timeout + 15,
+                    what="pg_ctl start",
                 )
             except PostgresStartError as exc:
                 last_error = exc
@@ -251,21 +300,33 @@ def start_postgres(dbname: str = "fti_test", *, timeout: float = 30.0, attempts:
                 raise
             server.port = port
             admin_url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/postgres"
-            if not wait_until(lambda: can_connect(admin_url), timeout=timeout, interval=0.1):
-                raise PostgresStartError(f"server on port {port} not accepting TCP connections within {timeout:.0f}s")
+            if not wait_until(
+                lambda u=admin_url: can_connect(u), timeout=timeout, interval=0.1
+            ):
+                raise PostgresStartError(
+                    f"server on port {port} not accepting TCP connections within {timeout:.0f}s"
+                )
             break
         else:
-            raise PostgresStartError(f"could not start after {attempts} attempts: {last_error}")
+            raise PostgresStartError(
+                f"could not start after {attempts} attempts: {last_error}"
+            )
         server.timings["start"] = time.monotonic() - t0 - server.timings["initdb"]
 
         server.url = create_database(admin_url, dbname)
         server.startup_seconds = time.monotonic() - t0
         return server
     except BaseException as exc:
-        tail = log_tail(server.log_path) if server.log_path and server.log_path.exists() else ""
+        tail = (
+            log_tail(server.log_path)
+            if server.log_path and server.log_path.exists()
+            else ""
+        )
         stop_postgres(server)
         if tail and isinstance(exc, PostgresStartError):
-            raise PostgresStartError(f"{exc}\n--- postgres.log (tail) ---\n{tail}") from exc
+            raise PostgresStartError(
+                f"{exc}\n--- postgres.log (tail) ---\n{tail}"
+            ) from exc
         raise
 
 
@@ -293,15 +354,31 @@ def stop_postgres(server: PostgresServer, *, timeout: float = 20.0) -> None:
         return
     data_dir = server.data_dir
     try:
-        if data_dir is not None and (data_dir / "postmaster.pid").exists() and server.bin_dir:
+        if (
+            data_dir is not None
+            and (data_dir / "postmaster.pid").exists()
+            and server.bin_dir
+        ):
             try:
                 subprocess.run(
                     _as_user(
-                        [str(server.bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast",
-                         "-w", "-t", str(int(timeout)), "stop"],
+                        [
+                            str(server.bin_dir / "pg_ctl"),
+                            "-D",
+                            str(data_dir),
+                            "-m",
+                            "fast",
+                            "-w",
+                            "-t",
+                            str(int(timeout)),
+                            "stop",
+                        ],
                         server.run_as,
                     ),
-                    cwd=server.base_dir, capture_output=True, timeout=timeout + 10,
+                    check=False,
+                    cwd=server.base_dir,
+                    capture_output=True,
+                    timeout=timeout + 10,
                 )
             except subprocess.TimeoutExpired:
                 pass

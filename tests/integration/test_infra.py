@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -31,11 +32,18 @@ def test_pg_database_is_fresh_and_dropped(postgres_url: str, pg_database: str) -
     engine = sa.create_engine(pg_database)
     try:
         with engine.begin() as conn:
-            assert conn.execute(sa.text("SELECT current_database()")).scalar_one() == name
+            assert (
+                conn.execute(sa.text("SELECT current_database()")).scalar_one() == name
+            )
             # Fresh database: no user tables yet.
-            assert conn.execute(
-                sa.text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-            ).scalar_one() == 0
+            assert (
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                    )
+                ).scalar_one()
+                == 0
+            )
             conn.execute(sa.text("CREATE TABLE t (x int)"))
             conn.execute(sa.text("INSERT INTO t VALUES (1), (2)"))
             assert conn.execute(sa.text("SELECT sum(x) FROM t")).scalar_one() == 3
@@ -56,7 +64,9 @@ def test_pg_database_is_fresh_and_dropped(postgres_url: str, pg_database: str) -
     admin = sa.create_engine(postgres_url)
     try:
         with admin.connect() as conn:
-            names = set(conn.execute(sa.text("SELECT datname FROM pg_database")).scalars())
+            names = set(
+                conn.execute(sa.text("SELECT datname FROM pg_database")).scalars()
+            )
     finally:
         admin.dispose()
     assert other not in names
@@ -84,6 +94,6 @@ def test_mlflow_server_over_http(mlflow_env, tmp_path) -> None:
     assert fetched.data.metrics == {"score": 0.75}
     assert fetched.info.artifact_uri.startswith("mlflow-artifacts:")
     local = client.download_artifacts(run.info.run_id, "notes/hello.txt", str(tmp_path))
-    assert open(local).read() == "hello"
+    assert Path(local).read_text() == "hello"
     # The bytes landed in the server's --artifacts-destination.
     assert list(server.artifacts_dir.rglob("hello.txt"))

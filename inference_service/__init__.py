@@ -1,0 +1,1 @@
+"""Inference service: raw records -> shared features + history lookups -> champion model."""

@@ -1,0 +1,69 @@
+"""The FastAPI application factory. Nothing happens at import.
+
+``create_app`` reads settings and the spec; the lifespan opens the feature
+store and starts loading the model in the background (``/health/ready`` is 503
+until it passes its checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from inference_service import errors
+from inference_service.config import Settings
+from inference_service.model_loader import MlflowLoader
+from inference_service.routes import health
+from inference_service.routes.predict import build_router
+from inference_service.runtime import Runtime
+from inference_service.schemas import predict_request_schema
+from shared.db import make_engine
+from shared.spec import SpecError, load_spec
+
+log = logging.getLogger(__name__)
+
+
+class ServeConfigError(RuntimeError):
+    """The service cannot start with these settings."""
+
+
+def create_app(settings: Settings | None = None, loader: Any | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if settings.spec is None:
+        raise ServeConfigError("no spec to serve: pass --spec PATH or set FTI_SPEC")
+    try:
+        loaded = load_spec(settings.spec)
+    except SpecError as exc:
+        raise ServeConfigError(str(exc)) from exc
+    spec = loaded.spec
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.feature_store_url)
+        runtime = Runtime(settings=settings, spec=loaded, engine=engine,
+                          loader=loader or MlflowLoader(settings.tracking_uri, settings.registry_uri,
+                                                        settings.cache_dir))
+        app.state.runtime = runtime
+        task = asyncio.create_task(runtime.load_until_ready(), name="model-loader")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            engine.dispose()
+
+    app = FastAPI(title=f"fti inference: {spec.name}", version="0.1.0", lifespan=lifespan,
+                  max_body_size=settings.max_body_bytes,
+                  description=f"Scores raw {spec.name} records with the `{spec.model.name}@{settings.model_alias}` "
+                              "model. Features are computed by the same `shared` code as the feature pipeline; "
+                              "history features are read from the feature table as of each record's event time.")
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(build_router(predict_request_schema(spec, settings.max_batch_rows)))
+    return app

@@ -1,0 +1,97 @@
+"""Strict JSON request decoding: what ``json.loads`` lets through that a model must not see.
+
+Rejected with 400: ``NaN``/``Infinity`` tokens, numbers that overflow to
+infinity (``1e400``), duplicate keys in one object, nesting deeper than a
+tabular record needs, and bodies that are not UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_DEPTH = 8
+
+
+class BodyError(ValueError):
+    def __init__(self, message: str, status: int = 400, code: str = "bad_request"):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def _reject_constant(token: str) -> Any:
+    raise BodyError(f"{token} is not valid JSON; send null for a missing value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BodyError(f"number {text[:40]} is out of range for a 64-bit float")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise BodyError(f"duplicate key {k[:64]!r} in one JSON object")
+        out[k] = v
+    return out
+
+
+def _depth_ok(raw: bytes) -> bool:
+    depth = 0
+    in_string = escaped = False
+    for b in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:
+                escaped = True
+            elif b == 0x22:
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def check_content_type(content_type: str | None) -> None:
+    if not content_type:
+        raise BodyError("Content-Type header is missing; send application/json", 415, "unsupported_media_type")
+    main, _, params = content_type.partition(";")
+    if main.strip().lower() != "application/json":
+        raise BodyError(f"unsupported Content-Type {main.strip()[:60]!r}; send application/json", 415,
+                        "unsupported_media_type")
+    for p in params.split(";"):
+        key, _, value = p.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise BodyError("only UTF-8 bodies are accepted", 415, "unsupported_media_type")
+
+
+def decode(raw: bytes) -> Any:
+    if not raw.strip():
+        raise BodyError("the request body is empty; send a JSON object")
+    if not _depth_ok(raw):
+        raise BodyError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    if text.startswith("\ufeff"):
+        raise BodyError("the body starts with a byte-order mark; send plain UTF-8")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                          object_pairs_hook=_no_duplicates)
+    except BodyError:
+        raise
+    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        pos = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise BodyError(f"malformed JSON: {msg}{pos}") from None

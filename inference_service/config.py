@@ -1,0 +1,25 @@
+"""Inference settings (environment only; see .env.example)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import MlflowSettings
+
+
+class Settings(MlflowSettings):
+    spec: Path | None = Field(default=None, description="FTI_SPEC: the dataset spec file to serve")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    model_name: str | None = Field(default=None, description="default: the spec's model.name")
+    model_alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    load_retry_seconds: float = Field(default=5.0, gt=0, description="wait between model load attempts")
+    model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
+
+    @property
+    def cache_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "model-cache").expanduser().resolve()

@@ -1,0 +1,148 @@
+"""Resolve ``name@alias`` in the registry, fetch the model and load it safely.
+
+Model files are code, so the service does not trust the list of types a model
+declares about itself: it loads the skops file with its own allow-list
+(scikit-learn, numpy, scipy and ``shared`` types) and refuses anything else.
+It also refuses a model whose feature definitions differ from the spec being
+served, because then the same raw record would mean different features.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.spec import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "shared.", "xgboost.", "lightgbm.")
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be served; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: Any
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    tags: dict[str, str]
+    features: list[str]
+    classes: list[Any]
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def trained_feature_version(self) -> int | None:
+        v = self.tags.get("fti.feature_version")
+        return int(v) if v and v.isdigit() else None
+
+    def lineage(self) -> dict[str, Any]:
+        return {k.removeprefix("fti."): v for k, v in sorted(self.tags.items()) if k.startswith("fti.")}
+
+
+def _client(tracking_uri: str, registry_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+
+
+def load_skops_model(model_dir: Path) -> Any:
+    import skops.io
+
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    flavor = (mlmodel.get("flavors") or {}).get("sklearn") or {}
+    if flavor.get("serialization_format") != "skops":
+        raise ModelLoadError(f"model at {model_dir} is not saved in skops format "
+                             f"({flavor.get('serialization_format')!r}); fti serves skops models only")
+    path = model_dir / flavor.get("pickled_model", "model.skops")
+    untrusted = skops.io.get_untrusted_types(file=path)
+    refused = [t for t in untrusted if not t.startswith(ALLOWED_TYPE_PREFIXES)]
+    if refused:
+        raise ModelLoadError(f"model file holds types outside the service's allow-list: {refused}")
+    return skops.io.load(path, trusted=untrusted)
+
+
+def model_input_columns(pipeline: Any) -> list[str]:
+    first = pipeline.steps[0][1] if hasattr(pipeline, "steps") else pipeline
+    cols = getattr(first, "columns_", None) or list(getattr(pipeline, "feature_names_in_", []))
+    return [str(c) for c in cols]
+
+
+class MlflowLoader:
+    """Loads ``models:/<name>@<alias>`` through an on-disk cache keyed by version."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path):
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri
+        self.cache_dir = cache_dir
+
+    def resolve(self, name: str, alias: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _client(self.tracking_uri, self.registry_uri).get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            text = str(exc)
+            if "not found" in text.lower() or "RESOURCE_DOES_NOT_EXIST" in text:
+                raise ModelLoadError(f"no model version has alias {name}@{alias} yet: run `fti train --spec ...`")
+            raise ModelLoadError(f"cannot resolve {name}@{alias} at {self.registry_uri}: {text[:300]}") from exc
+
+    def fetch(self, name: str, version: str) -> Path:
+        import mlflow.artifacts
+
+        target = self.cache_dir / name / str(version)
+        if (target / "MLmodel").is_file():
+            return target
+        tmp = target.with_name(f".{version}.tmp-{time.time_ns()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
+                                                tracking_uri=self.tracking_uri)
+            tmp.replace(target) if not target.exists() else shutil.rmtree(tmp)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def load(self, spec: DatasetSpec, name: str, alias: str) -> LoadedModel:
+        import mlflow
+
+        t0 = time.perf_counter()
+        mlflow.set_registry_uri(self.registry_uri)
+        mv = self.resolve(name, alias)
+        model_dir = self.fetch(name, mv.version)
+        pipeline = load_skops_model(model_dir)
+        tags = dict(mv.tags or {})
+        features = model_input_columns(pipeline)
+        check_contract(spec, name, str(mv.version), tags, features)
+        loaded = LoadedModel(pipeline=pipeline, name=name, version=str(mv.version), alias=alias,
+                             run_id=str(mv.run_id or tags.get("fti.run_id", "")), tags=tags, features=features,
+                             classes=[c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
+                             load_seconds=time.perf_counter() - t0)
+        log.info("loaded %s version %s (%s) in %.2fs", name, loaded.version, alias, loaded.load_seconds)
+        return loaded
+
+
+def check_contract(spec: DatasetSpec, name: str, version: str, tags: dict[str, str], features: list[str]) -> None:
+    if tags.get("fti.validated") != "true":
+        raise ModelLoadError(f"{name} version {version} is not tagged fti.validated=true "
+                             "(its registry round-trip check did not pass)")
+    if features != spec.model_features:
+        raise ModelLoadError(f"{name} version {version} expects features {features[:6]}..., the spec serves "
+                             f"{spec.model_features[:6]}...: serve it with the spec it was trained with")
+    model_hash = tags.get("fti.feature_spec_hash")
+    if model_hash != spec.feature_hash:
+        raise ModelLoadError(f"{name} version {version} was trained with different feature definitions "
+                             f"(feature spec hash {str(model_hash)[:12]} vs {spec.feature_hash[:12]} of the "
+                             "served spec): serve it with the spec it was trained with")

@@ -1,0 +1,55 @@
+"""The online path: raw JSON records -> canonical frame -> features -> probabilities.
+
+History comes from the latest committed feature version, as of each record's
+event time (strictly earlier events only), through ``shared`` -- the same code
+the feature job ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from shared import feature_table as ft
+from shared.features import compute_online
+from shared.raw import RawDataError, normalize_records
+from shared.spec import DatasetSpec
+
+
+@dataclass(frozen=True)
+class Scored:
+    records: pd.DataFrame
+    features: pd.DataFrame
+    proba: np.ndarray
+    feature_version: int | None
+
+
+def history_events(engine: Engine, spec: DatasetSpec, version: int | None, records: pd.DataFrame) -> pd.DataFrame:
+    if not spec.features.history or version is None:
+        return records.iloc[:0]
+    before = records[spec.event_time].max()
+    return ft.read_history(engine, spec, version, records[spec.entity_key].tolist(), before)
+
+
+def latest_version(engine: Engine, spec: DatasetSpec) -> int | None:
+    if not spec.features.history:
+        return None
+    return ft.get_version(engine, spec.name).version
+
+
+def features_for(records: pd.DataFrame, spec: DatasetSpec, engine: Engine, version: int | None) -> pd.DataFrame:
+    return compute_online(records, history_events(engine, spec, version, records), spec)
+
+
+def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any) -> Scored:
+    records, problems = normalize_records(raw_records, spec)
+    if problems:
+        raise RawDataError(problems.items, row_label="record", context="request")
+    version = latest_version(engine, spec)
+    feats = features_for(records, spec, engine, version)
+    proba = model.pipeline.predict_proba(feats[model.features])
+    return Scored(records, feats, np.asarray(proba, dtype=np.float64), version)

@@ -1,0 +1,39 @@
+"""Liveness, readiness and what is being served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from inference_service.dependencies import ModelDep, RuntimeDep
+from shared import __version__ as shared_version
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live", summary="The process is up")
+def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get("/health/ready", summary="A model is loaded and checked (503 until then)",
+            responses={503: {"description": "not ready; the body says why"}})
+def ready(runtime: RuntimeDep) -> JSONResponse:
+    if runtime.model is None:
+        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "attempts": runtime.attempts},
+                            status_code=503, headers={"Retry-After": "5"})
+    m = runtime.model
+    return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version, "alias": m.alias})
+
+
+@router.get("/model", summary="The served model version and its lineage",
+            responses={503: {"description": "no model loaded yet"}})
+def model(model: ModelDep, runtime: RuntimeDep) -> dict[str, Any]:
+    return {
+        "model_name": model.name, "model_version": model.version, "alias": model.alias, "run_id": model.run_id,
+        "features": model.features, "classes": [str(c) for c in model.classes],
+        "spec": {"name": runtime.spec.spec.name, "hash": runtime.spec.hash, "feature_hash": runtime.spec.spec.feature_hash},
+        "lineage": model.lineage(), "shared_version": shared_version, "load_seconds": round(model.load_seconds, 3),
+    }

@@ -1,0 +1,59 @@
+"""Process state of the service: spec, feature-store engine, the loaded model, load status.
+
+The model loads in a background task with retries, so the process answers
+``/health/live`` at once and ``/health/ready`` says 503 (with the reason) until
+a model passes its checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from inference_service.config import Settings
+from inference_service.model_loader import LoadedModel, ModelLoadError
+from shared.spec import LoadedSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    spec: LoadedSpec
+    engine: Engine
+    loader: Any
+    model: LoadedModel | None = None
+    last_error: str | None = "model not loaded yet"
+    attempts: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name or self.spec.spec.model.name
+
+    def load_once(self) -> LoadedModel:
+        self.attempts += 1
+        model = self.loader.load(self.spec.spec, self.model_name, self.settings.model_alias)
+        self.model = model
+        self.last_error = None
+        return model
+
+    async def load_until_ready(self) -> None:
+        delay = self.settings.load_retry_seconds
+        while self.model is None:
+            try:
+                await asyncio.to_thread(self.load_once)
+                return
+            except ModelLoadError as exc:
+                self.last_error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - keep the process alive, report the cause
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.warning("model not ready (attempt %d): %s; retrying in %.0fs", self.attempts, self.last_error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
