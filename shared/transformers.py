@@ -324,7 +324,7 @@ class ModelInputCaster(TransformerMixin, BaseEstimator):
     >>> import pandas as pd
     >>> X = pd.DataFrame({"c": ["x", None], "n": [1, None]})
     >>> ModelInputCaster(numeric=["n"], categorical=["c"]).fit_transform(X).values.tolist()
-    [[1.0, 'x'], [nan, '__missing__']]
+    [['x', 1.0], ['__missing__', nan]]
     """
 
     def __init__(self, numeric: list[str] | None = None, categorical: list[str] | None = None):
