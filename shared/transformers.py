@@ -130,7 +130,7 @@ class DerivedFeatures(TransformerMixin, BaseEstimator):
                     s = s.dt.tz_convert("UTC")
                 elif s.dtype.kind != "M":
                     s = pd.to_datetime(s, utc=True)
-                part = {"hour": s.dt.hour, "day_of_week": s.dt.dayofweek, "month": s.dt.month}[op]
+                part = {"hour": s.dt.hour, "day_of_week": s.dt.day_of_week, "month": s.dt.month}[op]
                 return part.to_numpy(dtype=np.float64, na_value=np.nan)
             if op == "is_missing":
                 return frame[inputs[0]].isna().to_numpy().astype(np.float64)
@@ -257,7 +257,7 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         e_ent_s, e_t_s = e_ent[order].astype(str), e_t[order]
         values = {k: v[order] for k, v in values.items()}
         uniq, starts = np.unique(e_ent_s, return_index=True)
-        ends = np.append(starts[1:], len(e_ent_s))
+        ends = np.append(starts[1:], len(e_ent_s)) if len(starts) else starts
         where = {u: (int(s), int(e)) for u, s, e in zip(uniq, starts, ends, strict=True)}
         out = {a["name"]: np.full(len(frame), np.nan) for a in aggs}
         for i in range(len(frame)):

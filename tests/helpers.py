@@ -53,3 +53,80 @@ def run_fti(args: list[str], env: dict[str, str], timeout: float = 600) -> subpr
     """Run the installed ``fti`` console script (a real subprocess)."""
     exe = Path(sys.executable).parent / "fti"
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+class Server:
+    """A real ``fti serve`` (uvicorn) subprocess on a free loopback port."""
+
+    def __init__(self, spec: Path, env: dict[str, str], log_path: Path):
+        from tests.infra.ports import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        exe = Path(sys.executable).parent / "fti"
+        self.proc = subprocess.Popen([str(exe), "serve", "--spec", str(spec), "--host", "127.0.0.1",
+                                      "--port", str(self.port)], env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+
+    def wait_ready(self, timeout: float = 90) -> dict[str, Any]:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
+            try:
+                r = httpx.get(f"{self.url}/health/ready", timeout=5)
+                if r.status_code == 200:
+                    return r.json()
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.3)
+        raise TimeoutError(f"not ready after {timeout}s: {last}; log: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def raw_json_records(csv_path: Path, spec_path: Path) -> list[dict[str, Any]]:
+    """Source CSV rows -> the JSON records a client would send (typed per the spec, null for missing)."""
+    import pandas as pd
+
+    from shared.spec import ColumnType, load_spec
+
+    spec = load_spec(spec_path).spec
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    out = []
+    for row in frame.to_dict(orient="records"):
+        rec: dict[str, Any] = {}
+        for name in spec.raw_input_columns:
+            value = row[name].strip()
+            ctype = spec.columns[name].type
+            if value == "":
+                rec[name] = None
+            elif ctype == ColumnType.INT:
+                rec[name] = int(value)
+            elif ctype == ColumnType.FLOAT:
+                rec[name] = float(value)
+            elif ctype == ColumnType.BOOL:
+                rec[name] = value.lower() in ("true", "1", "yes", "y", "t")
+            else:
+                rec[name] = value
+        out.append(rec)
+    return out
