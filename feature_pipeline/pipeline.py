@@ -86,6 +86,7 @@ def build(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool
 
     # One row per record id: with an ingestion time, a later row is an edit of an earlier one.
     problems = Problems()
+    rows_before = frame["__row"].to_numpy()  # positions in ``frame`` -> source row numbers
     if spec.source.ingestion_time:
         check_unique(frame, [spec.record_id, spec.source.ingestion_time], problems,
                      f"({spec.record_id}, {spec.source.ingestion_time}) pairs")
@@ -97,8 +98,7 @@ def build(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool
     else:
         check_unique(frame, [spec.record_id], problems, f"{spec.record_id} values")
     if problems:
-        rows = frame["__row"].to_numpy()
-        fixed = [type(p)(p.code, p.message, p.column, tuple(int(rows[i]) for i in p.rows), p.row_count)
+        fixed = [type(p)(p.code, p.message, p.column, tuple(int(rows_before[i]) for i in p.rows), p.row_count)
                  for p in problems.items]
         raise RawDataError(fixed, row_label=src.row_label, row_base=src.row_base,
                            context=f"source {src.location}")

@@ -95,7 +95,7 @@ class MlflowLoader:
         except MlflowException as exc:
             text = str(exc)
             if "not found" in text.lower() or "RESOURCE_DOES_NOT_EXIST" in text:
-                raise ModelLoadError(f"no model version has alias {name}@{alias} yet: run `fti train --spec ...`")
+                raise ModelLoadError(f"no model version has alias {name}@{alias} yet: run `fti train --spec ...`") from None
             raise ModelLoadError(f"cannot resolve {name}@{alias} at {self.registry_uri}: {text[:300]}") from exc
 
     def fetch(self, name: str, version: str) -> Path:

@@ -16,6 +16,7 @@ beside strings it is object). Canonical dtypes:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from shared.spec import ColumnSpec, ColumnType, DatasetSpec
 MIN_TIMESTAMP = pd.Timestamp("1900-01-01", tz="UTC")
 MAX_TIMESTAMP = pd.Timestamp("2200-01-01", tz="UTC")
 MAX_ROWS_LISTED = 10
+# ISO 8601 only: pandas would also take "now", "5/3/2024" (which day?) or "2024".
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -183,7 +186,6 @@ def _parse_text(values: np.ndarray, strict_json: bool) -> tuple[np.ndarray, list
 def _parse_timestamps(values: np.ndarray) -> tuple[pd.Series, list[int]]:
     micros = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)  # NaT sentinel
     bad: list[int] = []
-    lo, hi = MIN_TIMESTAMP.value // 1000, MAX_TIMESTAMP.value // 1000
     for i, v in enumerate(values):
         if v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
             continue
@@ -191,6 +193,9 @@ def _parse_timestamps(values: np.ndarray) -> tuple[pd.Series, list[int]]:
             if not v.strip():
                 continue
             v = v.strip()
+            if not _ISO_TIMESTAMP.match(v):
+                bad.append(i)
+                continue
         elif not (isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat")):
             bad.append(i)  # epoch numbers are ambiguous (s? ms?): refuse rather than guess
             continue
@@ -202,11 +207,10 @@ def _parse_timestamps(values: np.ndarray) -> tuple[pd.Series, list[int]]:
         if ts is pd.NaT:
             continue
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        us = int(ts.value // 1000)  # Timestamp.value is always in nanoseconds
-        if not (lo <= us < hi):
+        if not (MIN_TIMESTAMP <= ts < MAX_TIMESTAMP):  # before .value, which overflows far out
             bad.append(i)
             continue
-        micros[i] = us
+        micros[i] = int(ts.value // 1000)  # Timestamp.value is always in nanoseconds
     out = pd.Series(micros.view("datetime64[us]")).dt.tz_localize("UTC")
     return out, bad
 

@@ -392,7 +392,9 @@ class DatasetSpec(_Model):
         """
         data = self.model_dump(mode="json", by_alias=True,
                                include={"record_id", "entity_key", "event_time", "label", "columns", "features"})
-        data["columns"] = [[name, col] for name, col in data["columns"].items()]
+        # Descriptions are documentation: editing one must not orphan a served model.
+        data["columns"] = [[name, {k: v for k, v in col.items() if k != "description"}]
+                           for name, col in data["columns"].items()]
         data["model_features"] = self.model_features
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

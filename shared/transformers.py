@@ -45,14 +45,17 @@ def _as_frame(X: Any, feature_names: Sequence[str] | None = None) -> pd.DataFram
 def _check_frame_input(est: BaseEstimator, X: Any, *, reset: bool) -> pd.DataFrame:
     """Validate X the scikit-learn way without converting a DataFrame to an array."""
     if isinstance(X, pd.DataFrame):
+        names = getattr(est, "feature_names_in_", None)
+        if not reset and names is not None and set(map(str, X.columns)) >= set(names):
+            X = X[list(names)]  # same columns in another order (or extra ones): reorder, as documented
         validate_data(est, X, reset=reset, skip_check_array=True)
         frame = X
     else:
         arr = validate_data(est, X, reset=reset, ensure_all_finite="allow-nan", dtype=None)
         frame = _as_frame(arr, getattr(est, "feature_names_in_", None))
     if frame.shape[0] == 0:
-        raise ValueError("Found array with 0 sample(s) (shape=(0, %d)) while a minimum of 1 is required."
-                         % frame.shape[1])
+        raise ValueError(f"Found array with 0 sample(s) (shape=(0, {frame.shape[1]})) while a minimum of 1 "
+                         "is required.")
     if not reset and hasattr(est, "feature_names_in_"):
         frame = frame[list(est.feature_names_in_)]
     return frame
@@ -233,7 +236,7 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         frame = _check_frame_input(self, X, reset=False)
         needed = [c for c in (self.entity, self.time) if c] + [a["input"] for a in self._aggs() if a.get("input")]
-        missing = [c for c in needed if c not in events.columns]
+        missing = sorted({c for c in needed if c not in events.columns})
         if missing:
             raise ValueError(f"history events lack columns {missing}")
         return self._append(frame, events)
@@ -287,10 +290,14 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         vals = vals[~np.isnan(vals)]
         if len(vals) == 0:
             return 0.0 if op == "sum" else math.nan
+        try:
+            total = math.fsum(vals.tolist())
+        except OverflowError:  # the exact sum exceeds float64: same NaN on every path
+            return math.nan
         if op == "sum":
-            return math.fsum(vals.tolist())
+            return total
         if op == "mean":
-            return math.fsum(vals.tolist()) / len(vals)
+            return total / len(vals)
         return float(vals.max() if op == "max" else vals.min())
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
