@@ -56,13 +56,15 @@ def extract(loaded: LoadedSpec) -> Extracted:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path} is empty (0 bytes): expected a header line and rows")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                           "re-save it as UTF-8") from exc
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{path} has no header line and no rows") from exc
     except pd.errors.ParserError as exc:
         raise SourceError(f"{path} is not a well-formed CSV file: {exc}") from exc
 

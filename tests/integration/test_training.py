@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import subprocess
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, fti_env, run_fti, write_claims_spec
+from tests.helpers import fti_env, run_fti, write_claims_spec
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +46,9 @@ class Project:
         self.spec = write_claims_spec(tmp_path / "spec", n_policyholders=N_POLICYHOLDERS,
                                       overrides={"model.name": self.model_name})
         self.csv = self.spec.parent / "raw" / "claims.csv"
-        pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         self.env = fti_env(tmp_path / "data", FTI_DATABASE_URL=self.store_url,
                            FTI_EXPERIMENT=f"fti-it-{self.model_name}",
                            MLFLOW_TRACKING_URI=server_url, MLFLOW_REGISTRY_URI=server_url,
-                           PYTHONPATH=pythonpath,
                            # Small data: OpenMP threads only add contention (HistGradientBoosting).
                            OMP_NUM_THREADS="1")
 
@@ -70,8 +67,8 @@ class Project:
         from shared.spec import load_spec
 
         with warnings.catch_warnings():
-            # shared/transformers.py uses the deprecated Series.dt.dayofweek (reported; see
-            # test_feature_pipeline.test_pipeline_emits_no_deprecation_warnings).
+            # A precondition, not the subject: the pipeline's own deprecations are checked by
+            # test_feature_pipeline.test_pipeline_emits_no_deprecation_warnings.
             warnings.simplefilter("ignore", DeprecationWarning)
             result = run(load_spec(self.spec), Settings(database_url=self.store_url,
                                                         data_dir=self.tmp_path / "data"))
