@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
         engine = make_engine(settings.feature_store_url)
         runtime = Runtime(settings=settings, spec=loaded, engine=engine,
                           loader=loader or MlflowLoader(settings.tracking_uri, settings.registry_uri,
-                                                        settings.cache_dir))
+                                                        settings.cache_dir,
+                                                        allow_env_mismatch=settings.allow_env_mismatch))
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.load_until_ready(), name="model-loader")
         try:

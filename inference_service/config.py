@@ -18,6 +18,8 @@ class Settings(MlflowSettings):
     max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     load_retry_seconds: float = Field(default=5.0, gt=0, description="wait between model load attempts")
+    allow_env_mismatch: bool = Field(default=False, description="serve a model trained with other "
+                                     "prediction-relevant package versions (logged loudly)")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
 
     @property

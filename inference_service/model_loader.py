@@ -9,6 +9,7 @@ served, because then the same raw record would mean different features.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -18,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from shared import fingerprint
+from shared.certificate import CERTIFICATE_FILE
 from shared.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,9 @@ class LoadedModel:
     tags: dict[str, str]
     features: list[str]
     classes: list[Any]
+    certificate: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+    env_overridden: list[str] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
@@ -82,10 +88,11 @@ def model_input_columns(pipeline: Any) -> list[str]:
 class MlflowLoader:
     """Loads ``models:/<name>@<alias>`` through an on-disk cache keyed by version."""
 
-    def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path):
+    def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path, *, allow_env_mismatch: bool = False):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.cache_dir = cache_dir
+        self.allow_env_mismatch = allow_env_mismatch
 
     def resolve(self, name: str, alias: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -118,20 +125,57 @@ class MlflowLoader:
     def load(self, spec: DatasetSpec, name: str, alias: str) -> LoadedModel:
         import mlflow
 
-        t0 = time.perf_counter()
         mlflow.set_registry_uri(self.registry_uri)
         mv = self.resolve(name, alias)
-        model_dir = self.fetch(name, mv.version)
-        pipeline = load_skops_model(model_dir)
+        return self.load_version(spec, name, str(mv.version), alias=alias, model_version=mv)
+
+    def load_version(self, spec: DatasetSpec, name: str, version: str, *, alias: str = "",
+                     model_version: Any = None) -> LoadedModel:
+        t0 = time.perf_counter()
+        mv = model_version or _client(self.tracking_uri, self.registry_uri).get_model_version(name, version)
+        model_dir = self.fetch(name, str(mv.version))
         tags = dict(mv.tags or {})
+        environment = _read_json(model_dir / "extra_files" / "environment.json")
+        overridden = self.check_environment(name, str(mv.version), environment, spec)
+        certificate = _read_json(model_dir / "extra_files" / CERTIFICATE_FILE)
+        if certificate is None:
+            raise ModelLoadError(f"{name} version {mv.version} has no parity certificate "
+                                 f"({CERTIFICATE_FILE}); retrain it with this fti version")
+        pipeline = load_skops_model(model_dir)
         features = model_input_columns(pipeline)
         check_contract(spec, name, str(mv.version), tags, features)
         loaded = LoadedModel(pipeline=pipeline, name=name, version=str(mv.version), alias=alias,
                              run_id=str(mv.run_id or tags.get("fti.run_id", "")), tags=tags, features=features,
                              classes=[c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
+                             certificate=certificate, environment=environment, env_overridden=overridden,
                              load_seconds=time.perf_counter() - t0)
-        log.info("loaded %s version %s (%s) in %.2fs", name, loaded.version, alias, loaded.load_seconds)
+        log.info("loaded %s version %s (%s) in %.2fs", name, loaded.version, alias or "by version",
+                 loaded.load_seconds)
         return loaded
+
+    def check_environment(self, name: str, version: str, recorded: dict[str, Any] | None,
+                          spec: DatasetSpec) -> list[str]:
+        """Refuse a model trained with other prediction-relevant packages, unless overridden."""
+        if recorded is None:
+            raise ModelLoadError(f"{name} version {version} has no environment fingerprint; retrain it")
+        running = fingerprint.capture(spec.model.estimator.class_path)
+        diffs = [str(d) for d in fingerprint.compare_enforced(recorded, running)]
+        if not diffs:
+            return []
+        if not self.allow_env_mismatch:
+            raise ModelLoadError(f"{name} version {version} was trained in a different environment: "
+                                 + "; ".join(diffs) + ". Serve it from an image built from the same lock, "
+                                 "or set FTI_ALLOW_ENV_MISMATCH=true for a deliberate migration")
+        log.warning("ENVIRONMENT MISMATCH OVERRIDDEN (FTI_ALLOW_ENV_MISMATCH=true) for %s version %s: %s",
+                    name, version, "; ".join(diffs))
+        return diffs
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else None
 
 
 def check_contract(spec: DatasetSpec, name: str, version: str, tags: dict[str, str], features: list[str]) -> None:

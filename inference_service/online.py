@@ -53,3 +53,11 @@ def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any)
     feats = features_for(records, spec, engine, version)
     proba = model.pipeline.predict_proba(feats[model.features])
     return Scored(records, feats, np.asarray(proba, dtype=np.float64), version)
+
+
+def certificate_features(records: list[Any], spec: DatasetSpec, engine: Engine, version: int) -> pd.DataFrame:
+    """The online path for certificate records: history from the certified feature version."""
+    frame, problems = normalize_records(records, spec)
+    if problems:
+        raise RawDataError(problems.items, row_label="certificate record", context="parity certificate")
+    return features_for(frame, spec, engine, version if spec.features.history else None)

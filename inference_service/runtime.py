@@ -17,6 +17,8 @@ from sqlalchemy.engine import Engine
 
 from inference_service.config import Settings
 from inference_service.model_loader import LoadedModel, ModelLoadError
+from inference_service.online import certificate_features
+from shared import certificate as certmod
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ class Runtime:
     model: LoadedModel | None = None
     last_error: str | None = "model not loaded yet"
     attempts: int = 0
+    rejected: dict[str, Any] | None = None  # the last candidate refused by its parity certificate
+    certificate: dict[str, Any] | None = None  # verdict for the served model
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -40,9 +44,30 @@ class Runtime:
     def load_once(self) -> LoadedModel:
         self.attempts += 1
         model = self.loader.load(self.spec.spec, self.model_name, self.settings.model_alias)
+        verdict = self.certify(model)
+        if not verdict.passed:
+            self.rejected = {"model_name": model.name, "model_version": model.version,
+                             "certificate": verdict.as_dict()}
+            log.error("refusing %s version %s: %s", model.name, model.version, verdict.summary())
+            raise ModelLoadError(f"{model.name} version {model.version}: {verdict.summary()}")
         self.model = model
+        self.certificate = verdict.as_dict()
+        self.rejected = None
         self.last_error = None
+        log.info("%s version %s: %s", model.name, model.version, verdict.summary())
         return model
+
+    def certify(self, model: LoadedModel) -> certmod.Verdict:
+        """Run the model's parity certificate through this process's online path."""
+        assert model.certificate is not None
+        spec = self.spec.spec
+        try:
+            return certmod.verify(model.certificate,
+                                  lambda records, version: certificate_features(records, spec, self.engine, version),
+                                  model.pipeline.predict_proba, spec)
+        except Exception as exc:  # noqa: BLE001 - a certificate that cannot run is a failed certificate
+            log.exception("parity certificate of %s version %s could not run", model.name, model.version)
+            return certmod.Verdict(False, 0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
 
     async def load_until_ready(self) -> None:
         delay = self.settings.load_retry_seconds

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shared import certificate as certmod
 from shared import feature_table as ft
+from shared import fingerprint
 from shared.db import make_engine
 from shared.provenance import code_commit, package_versions, shared_version
 from shared.spec import LoadedSpec
@@ -52,6 +57,13 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int) -> dict[st
     }
     for name, version in package_versions().items():
         tags[f"fti.lib.{name}"] = version
+    env = fingerprint.capture(loaded.spec.model.estimator.class_path)
+    tags["fti.env.python"] = env["python"]
+    tags["fti.env.lock_sha256"] = env["lock_sha256"]
+    for name, version in env["enforced"].items():
+        tags[f"fti.env.{name}"] = version
+    if env["image"]:
+        tags["fti.env.image"] = env["image"]
     return tags
 
 
@@ -111,7 +123,15 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
         reg.log_json(info.as_dict(), "lineage/feature_version.json")
         log.info("[3/5] logged params, metrics, plots and lineage to run %s", run_id)
 
-        model_info = reg.log_model(pipe, spec, data.X_train.head(50))
+        certificate = certmod.build(data.test, spec, pipe, info, seed=seed)
+        environment = fingerprint.capture(spec.model.estimator.class_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for name, obj in ((certmod.CERTIFICATE_FILE, certificate), ("environment.json", environment)):
+                path = Path(tmp) / name
+                path.write_text(json.dumps(obj, indent=1, sort_keys=True))
+                paths.append(str(path))
+            model_info = reg.log_model(pipe, spec, data.X_train.head(50), extra_files=paths)
         mv = reg.register(model_info.model_uri, spec.model.name, {**tags, "fti.run_id": run_id})
         reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
         reg.set_version_tags(spec.model.name, mv.version, {"fti.validated": "true"})

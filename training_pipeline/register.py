@@ -86,7 +86,7 @@ def signature_for(spec: DatasetSpec, n_classes: int) -> Any:
     return ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), (-1, n_classes))]))
 
 
-def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame) -> Any:
+def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame, extra_files: list[str] | None = None) -> Any:
     import mlflow
     import skops.io
 
@@ -95,7 +95,7 @@ def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame) -> Any:
     return mlflow.sklearn.log_model(
         pipe, name="model", signature=signature, input_example=X_example.head(5),
         pyfunc_predict_fn="predict_proba", serialization_format="skops", skops_trusted_types=trusted,
-        pip_requirements=pip_requirements())
+        pip_requirements=pip_requirements(), extra_files=extra_files)
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> Any:

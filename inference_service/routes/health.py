@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from inference_service.dependencies import ModelDep, RuntimeDep
+from inference_service.dependencies import RuntimeDep
 from shared import __version__ as shared_version
 
 router = APIRouter(tags=["health"])
@@ -29,11 +29,16 @@ def ready(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/model", summary="The served model version and its lineage",
-            responses={503: {"description": "no model loaded yet"}})
-def model(model: ModelDep, runtime: RuntimeDep) -> dict[str, Any]:
+            responses={503: {"description": "no model loaded yet; a refused candidate's certificate report"}})
+def model(runtime: RuntimeDep) -> Any:
+    model = runtime.model
+    if model is None:
+        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "rejected": runtime.rejected},
+                            status_code=503, headers={"Retry-After": "5"})
     return {
         "model_name": model.name, "model_version": model.version, "alias": model.alias, "run_id": model.run_id,
         "features": model.features, "classes": [str(c) for c in model.classes],
         "spec": {"name": runtime.spec.spec.name, "hash": runtime.spec.hash, "feature_hash": runtime.spec.spec.feature_hash},
         "lineage": model.lineage(), "shared_version": shared_version, "load_seconds": round(model.load_seconds, 3),
+        "certificate": runtime.certificate, "environment_overridden": model.env_overridden,
     }
