@@ -133,3 +133,27 @@ def mlflow_env(
             var, ",".join(p for p in (current, "127.0.0.1,localhost") if p)
         )
     return mlflow_server
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_globals() -> Iterator[None]:
+    """Undo in-process ``mlflow.set_tracking_uri`` / ``set_registry_uri`` after each test.
+
+    MLflow keeps both URIs in module globals and mirrors them into os.environ, so a
+    test pointing at its own local store would otherwise redirect every later test.
+    """
+    import sys
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
