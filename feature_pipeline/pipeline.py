@@ -1,4 +1,8 @@
-"""``fti features run``: source -> validate -> as-of cutoff -> features -> one new version."""
+"""``fti features run``: source -> validate -> as-of cutoff -> features -> one new version.
+
+The build itself (everything before the write) is :func:`shared.featureset.build`,
+shared with ``fti reproduce``, which rebuilds recorded versions without publishing.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,14 @@ from feature_pipeline.config import Settings
 from feature_pipeline.extract import extract
 from feature_pipeline.load import Published, publish
 from shared import feature_table as ft
+from shared import featureset
 from shared.db import make_engine
-from shared.features import compute_batch
-from shared.provenance import code_commit, shared_version
-from shared.raw import Problems, RawDataError, check_unique, normalize_frame
+from shared.featureset import StrictSchemaError, parse_as_of
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
 
-
-class StrictSchemaError(RuntimeError):
-    """--strict and the source has columns the spec does not declare."""
+__all__ = ["RunResult", "StrictSchemaError", "build", "parse_as_of", "run"]
 
 
 @dataclass
@@ -37,101 +38,17 @@ class RunResult:
         return self.published.info
 
 
-def parse_as_of(value: str | None) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"--as-of {value!r} is not an ISO 8601 timestamp (e.g. 2025-06-30T00:00:00Z)") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def build(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool = False
           ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """Everything up to (not including) the write: manifest, rows and warnings.
 
     Raises before anything is written if the source or any row is invalid.
     """
-    spec = loaded.spec
-    warnings: list[str] = []
     t0 = time.perf_counter()
     src = extract(loaded)
     log.info("read %d rows from %s in %.1fs", len(src.frame), src.location, time.perf_counter() - t0)
-    frame, problems, extra = normalize_frame(src.frame, spec)
-    if extra:
-        msg = f"source columns not in the spec are ignored: {', '.join(extra[:20])}"
-        if strict:
-            raise StrictSchemaError(msg + " (--strict)")
-        warnings.append(msg)
-        log.warning(msg)
-    if problems:
-        raise RawDataError(problems.items, row_label=src.row_label, row_base=src.row_base,
-                           context=f"source {src.location}")
-    frame["__row"] = range(len(frame))
-
-    # The as-of cutoff: nothing that happened, or became known, after it.
-    stamp_col = spec.source.ingestion_time or spec.event_time
-    if as_of is None:
-        as_of = frame[stamp_col].max() if stamp_col else pd.Timestamp.now(tz="UTC").floor("s")
-    keep = pd.Series(True, index=frame.index)
-    if spec.event_time:
-        keep &= frame[spec.event_time] <= as_of
-    if spec.source.ingestion_time:
-        keep &= frame[spec.source.ingestion_time] <= as_of
-    frame = frame[keep]
-    if frame.empty:
-        raise RawDataError([_problem(f"no rows as of {ft.iso_utc(as_of)}")],
-                           context=f"source {src.location}")
-
-    # One row per record id: with an ingestion time, a later row is an edit of an earlier one.
-    problems = Problems()
-    rows_before = frame["__row"].to_numpy()  # positions in ``frame`` -> source row numbers
-    if spec.source.ingestion_time:
-        check_unique(frame, [spec.record_id, spec.source.ingestion_time], problems,
-                     f"({spec.record_id}, {spec.source.ingestion_time}) pairs")
-        frame = frame.sort_values([spec.record_id, spec.source.ingestion_time], kind="stable")
-        edits = int(frame.duplicated(subset=[spec.record_id], keep="last").sum())
-        frame = frame.drop_duplicates(subset=[spec.record_id], keep="last")
-        if edits:
-            log.info("%d superseded row(s) replaced by later edits", edits)
-    else:
-        check_unique(frame, [spec.record_id], problems, f"{spec.record_id} values")
-    if problems:
-        fixed = [type(p)(p.code, p.message, p.column, tuple(int(rows_before[i]) for i in p.rows), p.row_count)
-                 for p in problems.items]
-        raise RawDataError(fixed, row_label=src.row_label, row_base=src.row_base,
-                           context=f"source {src.location}")
-    frame = frame.drop(columns="__row").sort_values(spec.record_id, kind="stable").reset_index(drop=True)
-
-    t1 = time.perf_counter()
-    features = compute_batch(frame, spec)
-    log.info("computed %d derived and %d history features for %d rows in %.1fs",
-             len(spec.features.derived), len(spec.features.history), len(features), time.perf_counter() - t1)
-
-    payloads = ft.encode_payloads(features, spec.stored_columns)
-    rids = features[spec.record_id].tolist()
-    ents = features[spec.entity_key].tolist()
-    times = [ft.iso_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * len(rids)
-    checksum, n = ft.checksum_lines(rids, ents, times, payloads)
-    manifest = {
-        "dataset": spec.name, "checksum": checksum, "row_count": n, "spec_hash": loaded.hash,
-        "shared_version": shared_version(), "code_commit": code_commit(),
-        "source_format": spec.source.format, "source_location": src.location, "source_sha256": src.sha256,
-        "as_of": ft.naive_utc(as_of), "columns": ft.frame_columns(spec),
-        "details": {"source_rows": len(src.frame), "ignored_columns": extra, "warnings": warnings},
-        "created_at": ft.utcnow(),
-    }
-    event_times = [ft.naive_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * n
-    rows = [{"record_id": r, "entity_key": e, "event_time": t, "payload": p}
-            for r, e, t, p in zip(rids, ents, event_times, payloads, strict=True)]
-    return manifest, rows, warnings
-
-
-def _problem(message: str) -> Any:
-    p = Problems()
-    p.add("empty", message)
-    return p.items[0]
+    built = featureset.build(loaded, src, as_of=as_of, strict=strict)
+    return built.manifest, built.rows, built.warnings
 
 
 def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, strict: bool = False) -> RunResult:

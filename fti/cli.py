@@ -114,12 +114,81 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from training_pipeline.config import Settings
+    from training_pipeline.reproduce import reproduce
+
+    report = reproduce(args.model, Settings(), spec_path=args.spec, register=args.register)
+    if args.json:
+        _print(report.as_dict())
+    else:
+        print(report.render())
+    return report.exit_code
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from inference_service.main import serve
 
     if args.spec:
         os.environ["FTI_SPEC"] = args.spec
     return serve(host=args.host, port=args.port)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from inference_service.config import Settings
+    from inference_service.lineage import PredictionNotFound, build
+    from inference_service.model_loader import MlflowLoader
+    from shared.db import make_engine
+
+    settings = Settings()
+    spec_path = args.spec or settings.spec
+    loaded = _spec(str(spec_path)) if spec_path else None
+    engine = make_engine(settings.feature_store_url)
+    loader = MlflowLoader(settings.tracking_uri, settings.registry_uri, settings.cache_dir,
+                          allow_env_mismatch=settings.allow_env_mismatch)
+    try:
+        out = build(args.prediction_id, engine=engine, loader=loader, spec=loaded, alias=settings.model_alias,
+                    do_recompute=not args.no_recompute, spec_origin="--spec" if args.spec else "FTI_SPEC")
+    except PredictionNotFound as exc:
+        print(f"fti: error: {exc} (is FTI_DATABASE_URL the inference service's store?)", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if args.json:
+        _print(out)
+    else:
+        _print_lineage(out)
+    return 0 if args.no_recompute or out["recomputed"] else 1
+
+
+def _print_lineage(out: dict[str, Any]) -> None:
+    p, m, run, f = out["prediction"], out["model"], out["training_run"], out["features"]
+    tr, hist = f["trained_on"], f["history_read_from"]
+    outputs = json.dumps(p["outputs"], sort_keys=True)
+    alias_now = m.get("alias_now")
+    print(f"prediction   {p['prediction_id']} (request {p['request_id']}, {p['created_at']})")
+    print(f"record       {p['record_id']} of {p['dataset']!r} (entity {p['entity_key']}, event time "
+          f"{p['event_time']}) -> {outputs}")
+    print(f"model        {m['name']} version {m['version']}"
+          f"{' (validated)' if m.get('validated') else ''}; {m['alias']} now -> "
+          f"{'version ' + alias_now if alias_now else 'no version'}")
+    print(f"training run {run.get('run_id')} ({run.get('status', '?')}, ended {run.get('end_time', '?')})")
+    print(f"features     trained on version {tr.get('version')} (as of {tr.get('as_of')}, checksum "
+          f"{str(tr.get('checksum'))[:16]}...; manifest matches: {tr.get('manifest_matches_model_tags')}); "
+          f"history read from version {hist.get('version')}")
+    print(f"source       sha256 {out['source']['sha256']} ({out['source']['format']} at {out['source']['location']})")
+    print(f"spec         hash {out['spec']['hash']} (features {str(out['spec']['feature_hash'])[:16]}...)")
+    print(f"code         commit {out['code']['commit']} (feature job {out['code']['feature_job_commit']}), "
+          f"shared {out['code']['shared_version']}")
+    print("environment  " + ", ".join(f"{k}={v}" for k, v in out["environment"].items()))
+    rc = out.get("recomputation")
+    if rc is not None:
+        verdict = "YES, identical prediction and probabilities" if out["recomputed"] else \
+            f"NO: {rc.get('error') or 'max |diff| ' + str(rc.get('max_abs_diff'))}"
+        print(f"recomputed   {verdict} (model from {rc.get('model_loaded_from', '?')}; spec from "
+              f"{rc.get('spec', {}).get('origin', '?')})")
+    for problem in out["problems"]:
+        print(f"problem      {problem}")
 
 
 # --------------------------------------------------------------------------- parser
@@ -161,11 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: move the alias only if at least as good as the champion")
     t.set_defaults(func=cmd_train)
 
+    rp = sub.add_parser("reproduce", help="retrain a registered model from its lineage and compare (exit 0 "
+                                          "IDENTICAL, 1 DIFFERENT, 2 cannot)")
+    rp.add_argument("model", metavar="NAME/VERSION", help="registered model version, e.g. claims-fraud/3 "
+                                                          "(or NAME@ALIAS)")
+    rp.add_argument("--spec", help="reproduce with this spec instead of the one logged with the run ('what if')")
+    rp.add_argument("--register", action="store_true",
+                    help="log and register the reproduction like `fti train` (never moves the alias)")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp.set_defaults(func=cmd_reproduce)
+
     s = sub.add_parser("serve", help="the inference service (REST API)")
     s.add_argument("--spec", help="default: $FTI_SPEC")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.set_defaults(func=cmd_serve)
+
+    lin = sub.add_parser("lineage", help="a logged prediction's lineage chain, recomputed")
+    lin.add_argument("prediction_id")
+    lin.add_argument("--spec", help="spec to recompute with (default: $FTI_SPEC, else the training run's copy)")
+    lin.add_argument("--json", action="store_true")
+    lin.add_argument("--no-recompute", action="store_true", help="only the chain; do not load the model")
+    lin.set_defaults(func=cmd_lineage)
     return p
 
 

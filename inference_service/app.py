@@ -1,8 +1,10 @@
 """The FastAPI application factory. Nothing happens at import.
 
 ``create_app`` reads settings and the spec; the lifespan opens the feature
-store and starts loading the model in the background (``/health/ready`` is 503
-until it passes its checks).
+store, starts the prediction-log writer thread, and starts the background task
+that upgrades the store schema and loads the model (``/health/ready`` is 503
+until both succeeded). At shutdown -- after uvicorn has finished the in-flight
+requests -- the writer flushes every queued prediction before the process exits.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from fastapi import FastAPI
 from inference_service import errors
 from inference_service.config import Settings
 from inference_service.model_loader import MlflowLoader
-from inference_service.routes import health
+from inference_service.prediction_log import PredictionLogWriter
+from inference_service.routes import health, predictions
 from inference_service.routes.predict import build_router
 from inference_service.runtime import Runtime
 from inference_service.schemas import predict_request_schema
@@ -45,10 +48,14 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.feature_store_url)
+        writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
+                                     flush_interval=settings.prediction_log_flush_seconds).start() \
+            if settings.prediction_log else None
         runtime = Runtime(settings=settings, spec=loaded, engine=engine,
                           loader=loader or MlflowLoader(settings.tracking_uri, settings.registry_uri,
                                                         settings.cache_dir,
-                                                        allow_env_mismatch=settings.allow_env_mismatch))
+                                                        allow_env_mismatch=settings.allow_env_mismatch),
+                          prediction_log=writer)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.load_until_ready(), name="model-loader")
         try:
@@ -57,6 +64,8 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if writer is not None:  # after uvicorn's graceful wait (10 s): fits a 30 s termination grace period
+                await asyncio.to_thread(writer.close, 15.0)
             engine.dispose()
 
     app = FastAPI(title=f"fti inference: {spec.name}", version="0.1.0", lifespan=lifespan,
@@ -67,4 +76,5 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     errors.install(app)
     app.include_router(health.router)
     app.include_router(build_router(predict_request_schema(spec, settings.max_batch_rows)))
+    app.include_router(predictions.router)
     return app

@@ -21,6 +21,13 @@ class Settings(MlflowSettings):
     allow_env_mismatch: bool = Field(default=False, description="serve a model trained with other "
                                      "prediction-relevant package versions (logged loudly)")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
+    prediction_log: bool = Field(default=True, description="FTI_PREDICTION_LOG: record every prediction in "
+                                 "fti_predictions (inputs, outputs, model and feature versions)")
+    prediction_log_queue: int = Field(default=50_000, ge=1, le=10_000_000, description="rows the log may "
+                                      "hold in memory before requests block briefly, then rows are dropped "
+                                      "(counted and logged as errors)")
+    prediction_log_flush_seconds: float = Field(default=0.2, gt=0, le=60, description="a batch of the log is "
+                                                "written when it has 500 rows or this long after its first row")
 
     @property
     def cache_dir(self) -> Path:

@@ -1,8 +1,10 @@
 """Process state of the service: spec, feature-store engine, the loaded model, load status.
 
-The model loads in a background task with retries, so the process answers
-``/health/live`` at once and ``/health/ready`` says 503 (with the reason) until
-a model passes its checks.
+A background task first brings the store schema to the head revision (the
+service writes the prediction log; skipped when ``FTI_PREDICTION_LOG=false``),
+then loads the model, retrying both with back-off. So the process answers
+``/health/live`` at once and ``/health/ready`` says 503 (with the reason: store
+unreachable, no model yet, a refused model...) until both succeeded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from sqlalchemy.engine import Engine
 from inference_service.config import Settings
 from inference_service.model_loader import LoadedModel, ModelLoadError
 from inference_service.online import certificate_features
+from inference_service.prediction_log import PredictionLogWriter
 from shared import certificate as certmod
+from shared import feature_table as ft
+from shared.db import redact
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -32,17 +37,31 @@ class Runtime:
     loader: Any
     model: LoadedModel | None = None
     last_error: str | None = "model not loaded yet"
-    attempts: int = 0
+    attempts: int = 0  # failed load attempts so far
     rejected: dict[str, Any] | None = None  # the last candidate refused by its parity certificate
     certificate: dict[str, Any] | None = None  # verdict for the served model
+    prediction_log: PredictionLogWriter | None = None
+    store_ready: bool = False
     started_at: float = field(default_factory=time.time)
 
     @property
     def model_name(self) -> str:
         return self.settings.model_name or self.spec.spec.model.name
 
+    def prepare_store(self) -> None:
+        """Upgrade the store schema to the head (creates ``fti_predictions``) when the log is on."""
+        if self.prediction_log is not None:
+            try:
+                ft.upgrade(self.engine)
+            except Exception as exc:  # noqa: BLE001 - reported through readiness, retried
+                raise ModelLoadError(
+                    f"cannot prepare the prediction log in the feature store at "
+                    f"{redact(str(self.engine.url))}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                ) from exc
+            log.info("feature store schema at revision %s; prediction log on", ft.SCHEMA_HEAD)
+        self.store_ready = True
+
     def load_once(self) -> LoadedModel:
-        self.attempts += 1
         model = self.loader.load(self.spec.spec, self.model_name, self.settings.model_alias)
         verdict = self.certify(model)
         if not verdict.passed:
@@ -71,14 +90,19 @@ class Runtime:
 
     async def load_until_ready(self) -> None:
         delay = self.settings.load_retry_seconds
+        tries = 0
         while self.model is None:
+            tries += 1
             try:
+                if not self.store_ready:
+                    await asyncio.to_thread(self.prepare_store)
                 await asyncio.to_thread(self.load_once)
                 return
             except ModelLoadError as exc:
                 self.last_error = str(exc)
             except Exception as exc:  # noqa: BLE001 - keep the process alive, report the cause
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.warning("model not ready (attempt %d): %s; retrying in %.0fs", self.attempts, self.last_error, delay)
+            self.attempts = tries  # failed attempts, counted once the reason is known
+            log.warning("not ready (attempt %d): %s; retrying in %.0fs", tries, self.last_error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)

@@ -6,7 +6,9 @@ computed for them (feature table -> pipeline) and the model's exact outputs.
 Before serving, the service runs those raw records through its own online path
 (raw -> ``shared`` features -> history lookups in the certified feature version
 as of each record's time -> model) and compares bit for bit. Any difference
-keeps the model out of service, with the records and fields that differ.
+keeps the model out of service, with the records and fields that differ. Model
+inputs are compared as well as outputs: a drift too small to move this model's
+outputs is still a broken promise, and would move the next model's.
 """
 
 from __future__ import annotations
@@ -40,12 +42,27 @@ def _json_scalar(value: Any, ctype: ColumnType) -> Any:
     return str(value)
 
 
+def _json_column(series: pd.Series, ctype: ColumnType) -> list[Any]:
+    """``_json_scalar`` over a column; UTC timestamp columns are formatted in one vectorised call."""
+    if ctype == ColumnType.TIMESTAMP and isinstance(series.dtype, pd.DatetimeTZDtype):
+        naive = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+        return [None if t == "NaT" else f"{t}Z" for t in np.datetime_as_string(naive, unit="us").tolist()]
+    if series.dtype == np.float64 and ctype in (ColumnType.FLOAT, ColumnType.INT, ColumnType.BOOL):
+        convert = {ColumnType.FLOAT: float, ColumnType.INT: int, ColumnType.BOOL: bool}[ctype]
+        return [None if v != v else convert(v) for v in series.tolist()]  # v != v: NaN
+    return [_json_scalar(v, ctype) for v in series.tolist()]
+
+
 def raw_records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
-    """Canonical feature-table rows -> the raw JSON records a client sends for them."""
-    out = []
-    for row in frame.to_dict(orient="records"):
-        out.append({c: _json_scalar(row[c], spec.columns[c].type) for c in spec.raw_input_columns})
-    return out
+    """Canonical feature-table rows -> the raw JSON records a client sends for them.
+
+    Column by column (the inference service renders every logged prediction's inputs with this, on
+    the request path); the values are exactly ``_json_scalar`` of each cell.
+    """
+    names = spec.raw_input_columns
+    columns = [_json_column(frame[c], spec.columns[c].type) for c in names]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)] if columns \
+        else [{} for _ in range(len(frame))]
 
 
 def _json_features(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -103,8 +120,10 @@ class Verdict:
         if self.passed:
             return f"parity certificate passed: {self.checked} records identical bit for bit"
         ids = ", ".join(d.record_id for d in self.first[:5])
+        fields = sorted({f["field"] for d in self.first for f in d.fields})
+        where = f"; fields: {', '.join(fields[:8])}" if fields else ""
         return (f"parity certificate FAILED: {self.differing} of {self.checked} records differ "
-                f"(max |diff| {self.max_abs_diff:.3g}; first: {ids})")
+                f"(max output |diff| {self.max_abs_diff:.3g}{where}; first: {ids})")
 
     def as_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "checked": self.checked, "differing": self.differing,
@@ -137,17 +156,24 @@ def verify(cert: dict[str, Any], online: Callable[[list[dict[str, Any]], int], p
     if got.shape != expected.shape:
         return Verdict(False, len(records), len(records), math.inf,
                        error=f"output shape {got.shape} differs from certified {expected.shape}")
-    row_diff = np.array([not np.array_equal(got[i], expected[i]) for i in range(len(records))])
-    abs_diff = np.abs(got - expected)
-    verdict = Verdict(not row_diff.any(), len(records), int(row_diff.sum()),
-                      float(np.nanmax(abs_diff)) if abs_diff.size else 0.0)
+    # A record passes only if its model inputs AND outputs are bit-identical: a drift too
+    # small to move this model's outputs today is still a broken parity promise.
     online_rows = feats[features].to_dict(orient="records")
-    for i in np.flatnonzero(row_diff)[:show]:
-        diff = RecordDiff(int(i), str(records[i].get(spec.record_id)), max_abs_diff=float(abs_diff[i].max()))
+    field_diffs: list[list[dict[str, Any]]] = []
+    for i in range(len(records)):
+        fields = []
         for name in features:
             want, have = cert["features"][i].get(name), online_rows[i].get(name)
             if not _same(want, have):
-                diff.fields.append({"field": name, "certified": want,
-                                    "online": None if isinstance(have, float) and math.isnan(have) else have})
-        verdict.first.append(diff)
+                fields.append({"field": name, "certified": want,
+                               "online": None if isinstance(have, float) and math.isnan(have) else have})
+        field_diffs.append(fields)
+    row_diff = np.array([bool(field_diffs[i]) or not np.array_equal(got[i], expected[i])
+                         for i in range(len(records))])
+    abs_diff = np.abs(got - expected)
+    verdict = Verdict(not row_diff.any(), len(records), int(row_diff.sum()),
+                      float(np.nanmax(abs_diff)) if abs_diff.size else 0.0)
+    for i in np.flatnonzero(row_diff)[:show]:
+        verdict.first.append(RecordDiff(int(i), str(records[i].get(spec.record_id)), field_diffs[i],
+                                        float(abs_diff[i].max())))
     return verdict

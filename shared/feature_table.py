@@ -7,6 +7,10 @@ Two tables, one schema for every dataset (so a new spec needs no migration):
   typed columns (for point-in-time lookups) and every other column as one
   canonical JSON text (``payload``).
 
+The same database and migration chain also hold the inference service's
+prediction log (``fti_predictions``, revision 0002, see
+:mod:`shared.prediction_table`).
+
 The payload is canonical (sorted keys, shortest round-trip float repr,
 ``null`` for missing), so the version checksum can be recomputed from the
 stored rows on any backend, and a float read back is bit-identical to the one
@@ -49,8 +53,12 @@ from sqlalchemy.engine import Connection, Engine
 
 from shared.spec import ColumnType, DatasetSpec
 
-SCHEMA_HEAD = "0001"
+# Every revision of the store schema this code knows, oldest first (the migration chain).
+KNOWN_REVISIONS = ("0001", "0002")
+SCHEMA_HEAD = KNOWN_REVISIONS[-1]
+FEATURE_TABLES_REVISION = "0001"  # the feature tables have not changed since this revision
 VERSION_TABLE = "fti_alembic_version"
+_SCHEMA_LOCK_KEY = 0x6674_6953_4348_4D  # pg_advisory_xact_lock key: serialises concurrent upgrades
 
 metadata = MetaData()
 
@@ -128,12 +136,23 @@ def _alembic_config(connection: Connection) -> Any:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Create or migrate the feature-store tables to the head revision."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Create or migrate the store tables to ``revision`` (default: the head).
+
+    Concurrent upgrades (two services starting at once) are serialised: an
+    advisory transaction lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite. The
+    later one then finds the head already applied and does nothing.
+    """
     from alembic import command
 
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "head")
+    from shared.db import IMMEDIATE
+
+    with engine.connect() as raw_conn:
+        conn = raw_conn.execution_options(**{IMMEDIATE: True})
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            command.upgrade(_alembic_config(conn), revision)
 
 
 def schema_revision(engine: Engine) -> str | None:
@@ -143,8 +162,21 @@ def schema_revision(engine: Engine) -> str | None:
         return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
-def check_schema(engine: Engine) -> None:
-    """Readers call this: fail with what to do instead of an SQL error later."""
+def check_schema(engine: Engine, minimum: str = FEATURE_TABLES_REVISION) -> str:
+    """Readers call this: fail with what to do instead of an SQL error later. Returns the revision.
+
+    A reader states the oldest revision that has what it reads. The feature
+    tables are unchanged since 0001, so readers of feature tables (training,
+    ``fti features list/show``, the serving path's history lookups) accept any
+    revision this code knows: a store still at 0001 -- no prediction log yet,
+    because no new inference service has started against it -- keeps working
+    for training, and a store already at 0002 keeps working for an older
+    reader's code path. Only readers of the prediction log pass
+    ``minimum="0002"``. A revision this code does not know (written by a newer
+    fti, or not an fti store) is refused: its tables may mean something else.
+    Writers do not call this; they run :func:`upgrade` (the feature job and
+    the inference service, which writes the prediction log).
+    """
     try:
         rev = schema_revision(engine)
     except Exception as exc:  # noqa: BLE001 - connection errors get a user-facing message
@@ -152,10 +184,16 @@ def check_schema(engine: Engine) -> None:
     if rev is None:
         raise FeatureStoreError(
             f"the feature store at {engine.url!r} has no fti tables yet: run `fti features run --spec ...` first")
-    if rev != SCHEMA_HEAD:
+    if rev not in KNOWN_REVISIONS:
         raise FeatureStoreError(
-            f"the feature store schema is at revision {rev}, this code expects {SCHEMA_HEAD}: "
-            "run `fti features migrate` with the newer fti version")
+            f"the feature store schema is at revision {rev}, which this fti version does not know (it knows "
+            f"{', '.join(KNOWN_REVISIONS)}): use the fti version that wrote it, or run `fti features migrate` "
+            "with a newer one")
+    if KNOWN_REVISIONS.index(rev) < KNOWN_REVISIONS.index(minimum):
+        raise FeatureStoreError(
+            f"the feature store schema is at revision {rev}, this needs {minimum} or later: "
+            "run `fti features migrate` (or start the inference service once, which upgrades it)")
+    return rev
 
 
 # --------------------------------------------------------------------------- encoding

@@ -50,7 +50,11 @@ def split(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, pd.Data
 
 def load(engine, spec: DatasetSpec, version: int | None) -> Dataset:  # type: ignore[no-untyped-def]
     info = ft.get_version(engine, spec.name, version)
-    frame = ft.read_version(engine, spec, info.version)
+    return prepare(ft.read_version(engine, spec, info.version), spec, info)
+
+
+def prepare(frame: pd.DataFrame, spec: DatasetSpec, info: ft.VersionInfo) -> Dataset:
+    """A feature version's canonical rows -> the deterministic split (``fti train`` and ``fti reproduce``)."""
     train, test = split(frame, spec)
     y_train, y_test = labels(train, spec), labels(test, spec)
     if len(np.unique(y_train)) < 2:

@@ -1,4 +1,8 @@
-"""``fti train``: feature version -> fitted pipeline -> MLflow run, registered version, gate."""
+"""``fti train``: feature version -> fitted pipeline -> MLflow run, registered version, gate.
+
+:func:`fit_evaluate` (seed, fit, evaluate) and :func:`log_and_register` are shared with
+``fti reproduce`` (:mod:`training_pipeline.reproduce`), which retrains a registered version.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,10 @@ from shared import feature_table as ft
 from shared import fingerprint
 from shared.db import make_engine
 from shared.provenance import code_commit, package_versions, shared_version
-from shared.spec import LoadedSpec
+from shared.spec import DatasetSpec, LoadedSpec
 from training_pipeline import register as reg
 from training_pipeline.config import Settings
-from training_pipeline.data import load
+from training_pipeline.data import Dataset, load
 from training_pipeline.evaluate import compute_metrics, figures
 from training_pipeline.model import build_pipeline
 
@@ -67,7 +71,8 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int) -> dict[st
     return tags
 
 
-def _flat_params(loaded: LoadedSpec, n_train: int, n_test: int) -> dict[str, Any]:
+def flat_params(loaded: LoadedSpec, n_train: int, n_test: int) -> dict[str, Any]:
+    """The run's MLflow params (``fti reproduce`` recomputes and compares them)."""
     m = loaded.spec.model
     params: dict[str, Any] = {
         "estimator": m.estimator.class_path, "seed": m.seed, "split_method": m.split.method,
@@ -79,16 +84,36 @@ def _flat_params(loaded: LoadedSpec, n_train: int, n_test: int) -> dict[str, Any
     return params
 
 
+@dataclass
+class Fitted:
+    """A fitted pipeline and its evaluation on the split it was given."""
+
+    pipeline: Any
+    proba: np.ndarray
+    metrics: dict[str, float]
+    seconds: float = 0.0
+
+
+def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
+    """Seed, build the spec's pipeline, fit on the training split, score the evaluation split.
+
+    The one code path for ``fti train`` and ``fti reproduce``: same spec + same rows
+    in the same environment give bit-identical predictions.
+    """
+    t0 = time.perf_counter()
+    random.seed(spec.model.seed)
+    np.random.seed(spec.model.seed)
+    pipe = build_pipeline(spec)
+    pipe.fit(data.X_train, data.y_train)
+    proba = pipe.predict_proba(data.X_test)
+    metrics = compute_metrics(pipe.classes_, data.y_test, proba)
+    return Fitted(pipe, proba, metrics, time.perf_counter() - t0)
+
+
 def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None = None,
         promote: str = "auto") -> TrainResult:
-    import mlflow
-
     spec = loaded.spec
     t0 = time.perf_counter()
-    seed = spec.model.seed
-    random.seed(seed)
-    np.random.seed(seed)
-
     engine = make_engine(settings.feature_store_url)
     try:
         data = load(engine, spec, feature_version)
@@ -98,23 +123,33 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
     log.info("[1/5] read feature version %d of %r: %d train / %d evaluation rows", info.version, spec.name,
              len(data.X_train), len(data.X_test))
 
-    pipe = build_pipeline(spec)
-    t1 = time.perf_counter()
-    pipe.fit(data.X_train, data.y_train)
-    proba = pipe.predict_proba(data.X_test)
-    metrics = compute_metrics(pipe.classes_, data.y_test, proba)
+    fitted = fit_evaluate(spec, data)
     primary = spec.model.primary_metric
     log.info("[2/5] fitted %s in %.1fs: %s %.4f", spec.model.estimator.class_path.rsplit(".", 1)[-1],
-             time.perf_counter() - t1, primary, metrics[primary])
+             fitted.seconds, primary, fitted.metrics[primary])
+    return log_and_register(loaded, settings, data, fitted, promote=promote, started=t0)
+
+
+def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitted: Fitted, *, promote: str,
+                     extra_tags: dict[str, str] | None = None, started: float | None = None) -> TrainResult:
+    """Log the run (params, metrics, plots, spec, lineage), register, round-trip check, gate, alias."""
+    import mlflow
+
+    t0 = started if started is not None else time.perf_counter()
+    spec = loaded.spec
+    info = data.version
+    seed = spec.model.seed
+    pipe, proba, metrics = fitted.pipeline, fitted.proba, fitted.metrics
+    primary = spec.model.primary_metric
 
     reg.configure(settings)
     experiment = settings.experiment or f"fti-{spec.name}"
     exp_id = reg.ensure_experiment(settings, experiment)
-    tags = lineage_tags(loaded, info, seed)
+    tags = {**lineage_tags(loaded, info, seed), **(extra_tags or {})}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-fv{info.version}") as active:
         run_id = active.info.run_id
         mlflow.set_tags(tags)
-        mlflow.log_params(_flat_params(loaded, len(data.X_train), len(data.X_test)))
+        mlflow.log_params(flat_params(loaded, len(data.X_train), len(data.X_test)))
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed,
                                  primary_metric=primary).items():

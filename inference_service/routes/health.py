@@ -21,11 +21,13 @@ def live() -> dict[str, str]:
 @router.get("/health/ready", summary="A model is loaded and checked (503 until then)",
             responses={503: {"description": "not ready; the body says why"}})
 def ready(runtime: RuntimeDep) -> JSONResponse:
+    plog = runtime.prediction_log.stats() if runtime.prediction_log is not None else {"enabled": False}
     if runtime.model is None:
-        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "attempts": runtime.attempts},
-                            status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "attempts": runtime.attempts,
+                             "prediction_log": plog}, status_code=503, headers={"Retry-After": "5"})
     m = runtime.model
-    return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version, "alias": m.alias})
+    return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version, "alias": m.alias,
+                         "prediction_log": plog})
 
 
 @router.get("/model", summary="The served model version and its lineage",

@@ -1,11 +1,20 @@
-"""``POST /predict``: raw records in, one prediction per record out, in order."""
+"""``POST /predict``: raw records in, one prediction per record out, in order.
+
+Every prediction is also handed to the prediction log (``fti_predictions``)
+before the response is returned; building the rows (canonical JSON of the
+normalised inputs and of the outputs) and the database write happen in the
+log's background thread, never on this path. The response carries ``X-Request-ID``
+(also stored with each logged row), ``X-Model-Name`` and ``X-Model-Version``.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
+import pandas as pd
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -14,10 +23,12 @@ from inference_service import body as body_codec
 from inference_service.dependencies import ModelDep, RuntimeDep
 from inference_service.errors import error_response
 from inference_service.model_loader import LoadedModel
-from inference_service.online import score
+from inference_service.online import Scored, score
 from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
-from shared.feature_table import FeatureStoreError
+from shared.certificate import raw_records
+from shared.feature_table import FeatureStoreError, utcnow
+from shared.prediction_table import canonical_json
 from shared.raw import RawDataError
 
 log = logging.getLogger(__name__)
@@ -30,7 +41,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _predict(runtime: Runtime, model: LoadedModel, records: list[Any]) -> dict[str, Any]:
+def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_id: str) -> dict[str, Any]:
     spec = runtime.spec.spec
     scored = score(records, spec, runtime.engine, model)
     classes = model.classes
@@ -41,8 +52,32 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any]) -> dict[s
         best = int(row.argmax())
         out.append({"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": classes[best],
                     "probabilities": dict(zip(labels, row.tolist(), strict=True))})
+    if runtime.prediction_log is not None:  # rows are built and written in the log's thread
+        now = utcnow()
+        runtime.prediction_log.submit_lazy(len(out), lambda: log_rows(runtime, model, scored, out, request_id, now))
     return {"model_name": model.name, "model_version": model.version, "feature_version": scored.feature_version,
             "trained_on_feature_version": model.trained_feature_version, "predictions": out}
+
+
+def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]],
+             request_id: str, now: datetime) -> list[dict[str, Any]]:
+    """One ``fti_predictions`` row per prediction; ``inputs`` is the normalised record, replayable as is."""
+    spec = runtime.spec.spec
+    inputs = raw_records(scored.records, spec)
+    entities = scored.records[spec.entity_key].tolist()
+    times = _naive_utc_column(scored.records[spec.event_time]) if spec.event_time else [None] * len(predictions)
+    return [{"prediction_id": p["prediction_id"], "request_id": request_id, "created_at": now,
+             "dataset": spec.name, "model_name": model.name, "model_version": model.version,
+             "feature_version": scored.feature_version, "record_id": str(p["record_id"]),
+             "entity_key": str(entities[i]), "event_time": times[i], "inputs": canonical_json(inputs[i]),
+             "outputs": canonical_json({"prediction": p["prediction"], "probabilities": p["probabilities"]})}
+            for i, p in enumerate(predictions)]
+
+
+def _naive_utc_column(series: pd.Series) -> list[datetime | None]:
+    """UTC timestamps -> naive ``datetime`` (microseconds), ``None`` for NaT; like ``naive_utc`` per value."""
+    naive = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+    return naive.astype(object).tolist()  # datetime64[us] -> datetime.datetime, NaT -> None
 
 
 def openapi_body(request_schema: dict[str, Any]) -> dict[str, Any]:
@@ -55,29 +90,32 @@ def build_router(request_schema: dict[str, Any]) -> APIRouter:
     @r.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=openapi_body(request_schema),
             summary="Score raw records (the fields the feature pipeline reads)")
     async def predict(request: Request, runtime: RuntimeDep, model: ModelDep) -> JSONResponse:
+        request_id = uuid.uuid4().hex
+        rid = {"X-Request-ID": request_id}
         try:
             body_codec.check_content_type(request.headers.get("content-type"))
             payload = body_codec.decode(await request.body())
         except body_codec.BodyError as exc:
-            return error_response(exc.status, exc.code, str(exc))
+            return error_response(exc.status, exc.code, str(exc), headers=rid)
         if not isinstance(payload, dict) or set(payload) != {"records"}:
-            return error_response(400, "bad_request", 'the body must be a JSON object {"records": [...]}')
+            return error_response(400, "bad_request", 'the body must be a JSON object {"records": [...]}',
+                                  headers=rid)
         records = payload["records"]
         limit = runtime.settings.max_batch_rows
         if not isinstance(records, list) or not records:
-            return error_response(400, "bad_request", '"records" must be a non-empty array of objects')
+            return error_response(400, "bad_request", '"records" must be a non-empty array of objects', headers=rid)
         if len(records) > limit:
             return error_response(413, "too_many_records", f"{len(records)} records; the limit is {limit} "
-                                  "(FTI_MAX_BATCH_ROWS)")
+                                  "(FTI_MAX_BATCH_ROWS)", headers=rid)
         try:
-            result = await run_in_threadpool(_predict, runtime, model, records)
+            result = await run_in_threadpool(_predict, runtime, model, records, request_id)
         except RawDataError as exc:
             return error_response(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
-                                  [p.as_dict() for p in exc.problems])
+                                  [p.as_dict() for p in exc.problems], headers=rid)
         except FeatureStoreError as exc:
-            log.error("feature store unavailable: %s", exc)
+            log.error("feature store unavailable (request %s): %s", request_id, exc)
             return error_response(503, "feature_store_unavailable", "history features cannot be read right now",
-                                  headers={"Retry-After": "5"})
-        return JSONResponse(result)
+                                  headers={"Retry-After": "5", **rid})
+        return JSONResponse(result, headers={**rid, "X-Model-Name": model.name, "X-Model-Version": model.version})
 
     return r

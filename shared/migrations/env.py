@@ -7,6 +7,7 @@ database with MLflow's own ``alembic_version``.
 
 from alembic import context
 
+from shared import prediction_table  # noqa: F401 - registers fti_predictions on the metadata
 from shared.feature_table import VERSION_TABLE, metadata
 
 connection = context.config.attributes.get("connection")

@@ -231,8 +231,31 @@ def test_check_schema_on_another_revision(engine: Engine) -> None:
     ft.upgrade(engine)
     with engine.begin() as conn:
         conn.execute(text(f"UPDATE {ft.VERSION_TABLE} SET version_num = '0000'"))
-    with pytest.raises(ft.FeatureStoreError, match="schema is at revision 0000, this code expects 0001"):
+    with pytest.raises(ft.FeatureStoreError, match="schema is at revision 0000, which this fti version does not "
+                       "know"):
         ft.check_schema(engine)
+
+
+def test_a_store_at_0001_still_serves_feature_readers(engine: Engine) -> None:
+    """Training and `fti features list/show` read only feature tables: a store not yet migrated to the
+    prediction-log revision keeps working for them; prediction-log readers are told to migrate."""
+    ft.upgrade(engine, "0001")
+    assert ft.schema_revision(engine) == "0001"
+    assert "fti_predictions" not in inspect(engine).get_table_names()
+    assert ft.check_schema(engine) == "0001"
+    assert ft.list_versions(engine, "t") == []
+    with pytest.raises(ft.FeatureStoreError, match="revision 0001, this needs 0002 or later: run `fti features "
+                       "migrate`"):
+        ft.check_schema(engine, minimum="0002")
+    ft.upgrade(engine)  # 0001 -> head keeps the feature tables and adds the log
+    assert ft.schema_revision(engine) == ft.SCHEMA_HEAD == "0002"
+    assert ft.check_schema(engine, minimum="0002") == "0002"
+    cols = {c["name"] for c in inspect(engine).get_columns("fti_predictions")}
+    assert {"prediction_id", "request_id", "model_name", "model_version", "feature_version", "inputs",
+            "outputs"} <= cols
+    indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("fti_predictions")}
+    assert indexes["ix_fti_predictions_model"] == ["model_name", "model_version"]
+    assert indexes["ix_fti_predictions_created_at"] == ["created_at"]
 
 
 def test_get_version_before_any_version(engine: Engine) -> None:
