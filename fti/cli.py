@@ -104,9 +104,14 @@ def cmd_features_migrate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from training_pipeline.config import Settings
-    from training_pipeline.pipeline import run
+    from training_pipeline.pipeline import AlreadyTrained, run
 
-    r = run(_spec(args.spec), Settings(), feature_version=args.feature_version, promote=args.promote)
+    try:
+        r = run(_spec(args.spec), Settings(), feature_version=args.feature_version, promote=args.promote,
+                skip_if_trained=args.skip_if_trained)
+    except AlreadyTrained as done:
+        print(str(done))
+        return 0
     primary = r.decision.metric
     print(f"model {r.model_name} version {r.version} (run {r.run_id}, feature version {r.feature_version}): "
           f"{primary} {r.metrics[primary]:.4f}; {'PROMOTED' if r.decision.promoted else 'not promoted'} - "
@@ -228,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-version", type=int, help="default: the latest committed version")
     t.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
                    help="auto: move the alias only if at least as good as the champion")
+    t.add_argument("--skip-if-trained", action="store_true",
+                   help="do nothing if a validated version already exists for this spec and feature content")
     t.set_defaults(func=cmd_train)
 
     rp = sub.add_parser("reproduce", help="retrain a registered model from its lineage and compare (exit 0 "

@@ -110,8 +110,35 @@ def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
     return Fitted(pipe, proba, metrics, time.perf_counter() - t0)
 
 
+class AlreadyTrained(Exception):
+    """``--skip-if-trained``: a validated version from the same spec and feature content exists."""
+
+    def __init__(self, name: str, version: str, feature_version: int):
+        super().__init__(f"model {name} version {version} was already trained from this spec and feature "
+                         f"version {feature_version} (same spec hash and feature checksum): skipped")
+        self.name, self.version, self.feature_version = name, version, feature_version
+
+
+def find_trained(loaded: LoadedSpec, info: ft.VersionInfo) -> str | None:
+    """A validated registered version trained from exactly this spec and feature content, if any."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = loaded.spec.model.name
+    try:
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        tags = mv.tags or {}
+        if (tags.get("fti.validated") == "true" and tags.get("fti.spec_hash") == loaded.hash
+                and tags.get("fti.feature_checksum") == info.checksum):
+            return str(mv.version)
+    return None
+
+
 def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None = None,
-        promote: str = "auto") -> TrainResult:
+        promote: str = "auto", skip_if_trained: bool = False) -> TrainResult:
     spec = loaded.spec
     t0 = time.perf_counter()
     engine = make_engine(settings.feature_store_url)
@@ -120,6 +147,11 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
     finally:
         engine.dispose()
     info = data.version
+    if skip_if_trained:
+        reg.configure(settings)
+        existing = find_trained(loaded, info)
+        if existing is not None:
+            raise AlreadyTrained(spec.model.name, existing, info.version)
     log.info("[1/5] read feature version %d of %r: %d train / %d evaluation rows", info.version, spec.name,
              len(data.X_train), len(data.X_test))
 
