@@ -3,8 +3,10 @@
 ``create_app`` reads settings and the spec; the lifespan opens the feature
 store, starts the prediction-log writer thread, and starts the background task
 that upgrades the store schema and loads the model (``/health/ready`` is 503
-until both succeeded). At shutdown -- after uvicorn has finished the in-flight
-requests -- the writer flushes every queued prediction before the process exits.
+until both succeeded), then keeps polling the alias to swap in a newly promoted
+version that passes every check (hot reload, ``runtime.py``). At shutdown --
+after uvicorn has finished the in-flight requests -- the writer flushes every
+queued prediction before the process exits.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                                                         allow_env_mismatch=settings.allow_env_mismatch),
                           prediction_log=writer)
         app.state.runtime = runtime
-        task = asyncio.create_task(runtime.load_until_ready(), name="model-loader")
+        task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload
         try:
             yield
         finally:

@@ -18,6 +18,12 @@ class Settings(MlflowSettings):
     max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     load_retry_seconds: float = Field(default=5.0, gt=0, description="wait between model load attempts")
+    reload_interval_seconds: float = Field(default=10.0, ge=0, description="FTI_RELOAD_INTERVAL_SECONDS: how "
+                                           "often the served alias is resolved; a new version behind it is "
+                                           "loaded, checked and swapped in without a restart (0: never)")
+    reload_refused_retry_seconds: float = Field(default=600.0, gt=0, description="a version refused by a hot "
+                                                "reload is tried again only after this long, or at once when "
+                                                "its registry tags change")
     allow_env_mismatch: bool = Field(default=False, description="serve a model trained with other "
                                      "prediction-relevant package versions (logged loudly)")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")

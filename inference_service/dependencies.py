@@ -24,9 +24,12 @@ class NotReady(HTTPException):
 
 
 def get_model(runtime: RuntimeDep) -> LoadedModel:
-    if runtime.model is None:
+    """The served model, read ONCE per request: a hot reload that swaps ``runtime.model`` meanwhile does
+    not change the model that scores, labels (``X-Model-Version``, ``model_version``) and logs this request."""
+    model = runtime.model
+    if model is None:
         raise NotReady(runtime.last_error)
-    return runtime.model
+    return model
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]

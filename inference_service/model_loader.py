@@ -47,6 +47,7 @@ class LoadedModel:
     env_overridden: list[str] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    verdict: dict[str, Any] | None = None  # this process's check of ``certificate``, set before it is served
 
     @property
     def trained_feature_version(self) -> int | None:
@@ -106,6 +107,7 @@ class MlflowLoader:
             raise ModelLoadError(f"cannot resolve {name}@{alias} at {self.registry_uri}: {text[:300]}") from exc
 
     def fetch(self, name: str, version: str) -> Path:
+        import mlflow
         import mlflow.artifacts
 
         target = self.cache_dir / name / str(version)
@@ -113,10 +115,15 @@ class MlflowLoader:
             return target
         tmp = target.with_name(f".{version}.tmp-{time.time_ns()}")
         tmp.mkdir(parents=True, exist_ok=True)
+        mlflow.set_registry_uri(self.registry_uri)  # ``models:/`` names resolve through the global registry URI
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp),
-                                                tracking_uri=self.tracking_uri)
-            tmp.replace(target) if not target.exists() else shutil.rmtree(tmp)
+                                                tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+            try:
+                tmp.replace(target)
+            except OSError:  # another thread (hot reload, lineage recomputation) filled the entry first
+                if not (target / "MLmodel").is_file():
+                    raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -5,11 +5,25 @@ service writes the prediction log; skipped when ``FTI_PREDICTION_LOG=false``),
 then loads the model, retrying both with back-off. So the process answers
 ``/health/live`` at once and ``/health/ready`` says 503 (with the reason: store
 unreachable, no model yet, a refused model...) until both succeeded.
+
+Then the same task keeps watching the alias (hot reload, every
+``FTI_RELOAD_INTERVAL_SECONDS``; 0 turns it off): resolving ``name@alias`` is one
+cheap registry call; only when it names another version than the served one is
+that version loaded with every check of the first load (fingerprint, skops
+allow-list, contract) and its parity certificate verified -- in a worker thread,
+never on the event loop. A candidate that passes everything replaces the served
+model by one assignment of ``Runtime.model`` (the model carries its own
+certificate verdict), so a request, which takes ``runtime.model`` once when it
+starts, is scored, labelled and logged by one model from start to end. A candidate
+that fails leaves the served model alone; the refusal is reported under ``reload``
+in ``/health/ready`` and ``/model`` and not retried until its tags change or the
+back-off (``FTI_RELOAD_REFUSED_RETRY_SECONDS``) is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +35,7 @@ from inference_service.config import Settings
 from inference_service.model_loader import LoadedModel, ModelLoadError
 from inference_service.online import certificate_features
 from inference_service.prediction_log import PredictionLogWriter
+from inference_service.reload import ReloadState, iso, tags_key
 from shared import certificate as certmod
 from shared import feature_table as ft
 from shared.db import redact
@@ -35,18 +50,27 @@ class Runtime:
     spec: LoadedSpec
     engine: Engine
     loader: Any
-    model: LoadedModel | None = None
+    model: LoadedModel | None = None  # replaced only as a whole (one assignment), never mutated
     last_error: str | None = "model not loaded yet"
     attempts: int = 0  # failed load attempts so far
-    rejected: dict[str, Any] | None = None  # the last candidate refused by its parity certificate
-    certificate: dict[str, Any] | None = None  # verdict for the served model
+    rejected: dict[str, Any] | None = None  # the last candidate refused by its parity certificate at start
     prediction_log: PredictionLogWriter | None = None
     store_ready: bool = False
     started_at: float = field(default_factory=time.time)
+    reload: ReloadState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reload = ReloadState(self.settings.reload_interval_seconds, self.settings.reload_refused_retry_seconds)
 
     @property
     def model_name(self) -> str:
         return self.settings.model_name or self.spec.spec.model.name
+
+    @property
+    def certificate(self) -> dict[str, Any] | None:
+        """This process's verdict on the served model's parity certificate."""
+        model = self.model
+        return model.verdict if model is not None else None
 
     def prepare_store(self) -> None:
         """Upgrade the store schema to the head (creates ``fti_predictions``) when the log is on."""
@@ -69,8 +93,8 @@ class Runtime:
                              "certificate": verdict.as_dict()}
             log.error("refusing %s version %s: %s", model.name, model.version, verdict.summary())
             raise ModelLoadError(f"{model.name} version {model.version}: {verdict.summary()}")
+        model = dataclasses.replace(model, verdict=verdict.as_dict())
         self.model = model
-        self.certificate = verdict.as_dict()
         self.rejected = None
         self.last_error = None
         log.info("%s version %s: %s", model.name, model.version, verdict.summary())
@@ -106,3 +130,87 @@ class Runtime:
             log.warning("not ready (attempt %d): %s; retrying in %.0fs", tries, self.last_error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
+
+    async def run(self) -> None:
+        """The service's background task: load the first model, then watch the alias."""
+        await self.load_until_ready()
+        await self.watch_alias()
+
+    async def watch_alias(self) -> None:
+        interval = self.settings.reload_interval_seconds
+        if interval <= 0:
+            log.info("hot reload off (FTI_RELOAD_INTERVAL_SECONDS=0): serving %s version %s until restarted",
+                     self.model_name, self.model.version if self.model else "-")
+            return
+        log.info("hot reload on: checking %s@%s every %gs", self.model_name, self.settings.model_alias, interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.check_alias)
+            except Exception:  # noqa: BLE001 - check_alias reports its own failures; never stop watching
+                log.exception("hot reload: unexpected error while checking %s@%s", self.model_name,
+                              self.settings.model_alias)
+
+    def check_alias(self) -> str:
+        """One hot-reload check (blocking: run it in a worker thread). Returns the outcome:
+        ``unchanged``, ``reloaded``, ``refused``, ``failed``, ``waiting`` or ``registry_error``."""
+        served = self.model
+        if served is None:  # the first load is still going on (load_until_ready owns that)
+            return "not_loaded"
+        name, alias, state = self.model_name, self.settings.model_alias, self.reload
+        now = time.time()
+        try:
+            mv = self.loader.resolve(name, alias)
+        except Exception as exc:  # noqa: BLE001 - registry down or alias removed: keep serving, report it
+            reason = _reason(exc)
+            if state.last_outcome != "registry_error":
+                log.error("hot reload: cannot resolve %s@%s (still serving version %s): %s", name, alias,
+                          served.version, reason)
+            return state.outcome("registry_error", now, reason)
+        version = str(mv.version)
+        if state.last_outcome == "registry_error":
+            log.info("hot reload: %s@%s resolves again (version %s)", name, alias, version)
+        if version == served.version:
+            return state.outcome("unchanged", now, alias_version=version)
+        tags = tags_key(getattr(mv, "tags", None))
+        waiting = state.waiting(version, tags, now)
+        if waiting is not None:
+            return state.outcome("waiting", now, f"version {version} was {waiting.kind} at {iso(waiting.at)}; "
+                                 f"not tried again before its tags change or {iso(waiting.retry_at)}",
+                                 alias_version=version)
+        log.info("hot reload: %s@%s now points at version %s (serving %s); loading and checking it", name, alias,
+                 version, served.version)
+        t0 = time.perf_counter()
+        try:
+            candidate = self.loader.load_version(self.spec.spec, name, version, alias=alias, model_version=mv)
+        except ModelLoadError as exc:
+            return self._refused(served, version, "refused", str(exc), tags, now)
+        except Exception as exc:  # noqa: BLE001 - e.g. artifact download failed: retried with back-off
+            return self._refused(served, version, "error", _reason(exc), tags, now)
+        verdict = self.certify(candidate)
+        if not verdict.passed:  # a certificate that could not run (store unreachable...) may pass later
+            return self._refused(served, version, "error" if verdict.error else "refused",
+                                 f"{name} version {version}: {verdict.summary()}", tags, now,
+                                 certificate=verdict.as_dict())
+        candidate = dataclasses.replace(candidate, verdict=verdict.as_dict())
+        self.model = candidate  # the swap: requests that already hold ``served`` finish with it
+        seconds = time.perf_counter() - t0
+        state.swapped(name, served.version, version, time.time(), seconds, verdict.summary())
+        log.info("hot reload: now serving %s version %s (was %s; loaded and checked in %.2fs; %s)", name,
+                 version, served.version, seconds, verdict.summary())
+        return state.outcome("reloaded", now, f"version {served.version} -> {version}", alias_version=version)
+
+    def _refused(self, served: LoadedModel, version: str, kind: str, reason: str, tags: str, now: float,
+                 certificate: dict[str, Any] | None = None) -> str:
+        refusal = self.reload.refuse(served.name, version, kind, reason, tags, now, certificate)
+        log.error("hot reload: %s %s version %s (attempt %d); still serving version %s; not retried before "
+                  "its tags change or %.0fs have passed: %s", "refused" if kind == "refused" else "could not load",
+                  served.name, version, refusal.failures, served.version, refusal.retry_at - now, reason)
+        return self.reload.outcome("refused" if kind == "refused" else "failed", now, reason,
+                                   alias_version=version)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -22,25 +22,27 @@ def live() -> dict[str, str]:
             responses={503: {"description": "not ready; the body says why"}})
 def ready(runtime: RuntimeDep) -> JSONResponse:
     plog = runtime.prediction_log.stats() if runtime.prediction_log is not None else {"enabled": False}
-    if runtime.model is None:
+    m = runtime.model  # once: a hot reload may swap it meanwhile
+    if m is None:
         return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "attempts": runtime.attempts,
-                             "prediction_log": plog}, status_code=503, headers={"Retry-After": "5"})
-    m = runtime.model
+                             "prediction_log": plog, "reload": runtime.reload.as_dict(None)},
+                            status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version, "alias": m.alias,
-                         "prediction_log": plog})
+                         "prediction_log": plog, "reload": runtime.reload.as_dict(m.version)})
 
 
-@router.get("/model", summary="The served model version and its lineage",
+@router.get("/model", summary="The served model version, its lineage and the hot-reload state",
             responses={503: {"description": "no model loaded yet; a refused candidate's certificate report"}})
 def model(runtime: RuntimeDep) -> Any:
-    model = runtime.model
+    model = runtime.model  # once: a hot reload may swap it meanwhile
     if model is None:
-        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "rejected": runtime.rejected},
-                            status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "rejected": runtime.rejected,
+                             "reload": runtime.reload.as_dict(None)}, status_code=503, headers={"Retry-After": "5"})
     return {
         "model_name": model.name, "model_version": model.version, "alias": model.alias, "run_id": model.run_id,
         "features": model.features, "classes": [str(c) for c in model.classes],
         "spec": {"name": runtime.spec.spec.name, "hash": runtime.spec.hash, "feature_hash": runtime.spec.spec.feature_hash},
         "lineage": model.lineage(), "shared_version": shared_version, "load_seconds": round(model.load_seconds, 3),
-        "certificate": runtime.certificate, "environment_overridden": model.env_overridden,
+        "certificate": model.verdict, "environment_overridden": model.env_overridden,
+        "reload": runtime.reload.as_dict(model.version),
     }

@@ -5,6 +5,10 @@ before the response is returned; building the rows (canonical JSON of the
 normalised inputs and of the outputs) and the database write happen in the
 log's background thread, never on this path. The response carries ``X-Request-ID``
 (also stored with each logged row), ``X-Model-Name`` and ``X-Model-Version``.
+
+The model is taken once per request (``ModelDep``) and passed down explicitly:
+never read ``runtime.model`` below that point, or a hot reload in the middle of
+a request could score with one version and label or log it as another.
 """
 
 from __future__ import annotations

@@ -1,0 +1,245 @@
+"""Acceptance for `docker compose up`, on the real stack built from this repository.
+
+Base images come from scripts/build-base-images.sh (no registry here), service images from
+scripts/build-images.sh (the one lockfile, through a host-built wheelhouse). Each test session
+uses its own compose project name and published port, and removes everything with `down -v`.
+Skipped (loudly) only where no Docker Engine answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import REPO, raw_json_records
+from tests.infra.ports import free_port
+
+pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+SERVICES = ["postgres", "mlflow", "demo-data", "feature-pipeline", "training-pipeline", "inference"]
+JOBS = {"demo-data", "feature-pipeline", "training-pipeline"}
+SPEC = "/app/specs/claims.yaml"
+
+
+class Stack:
+    def __init__(self, project: str, port: int, env: dict[str, str]):
+        self.project, self.port, self.env = project, port, env
+        self.url = f"http://127.0.0.1:{port}"
+
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=REPO, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            logs = subprocess.run(["docker", "compose", "-p", self.project, "logs", "--tail", "40"], cwd=REPO,
+                                  env=self.env, capture_output=True, text=True, timeout=60).stdout
+            raise AssertionError(f"docker compose {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-3000:]}"
+                                 f"\n--- logs ---\n{logs[-6000:]}")
+        return proc
+
+    def ps(self) -> list[dict]:
+        out = self.compose("ps", "--all", "--format", "json", timeout=60).stdout.strip()
+        if out.startswith("["):
+            return json.loads(out)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def ready(self, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.url}/health/ready", timeout=5)
+                if r.status_code == 200:
+                    return r.json()
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(1)
+        raise AssertionError(f"inference not ready after {timeout}s: {last}")
+
+
+def _docker_available() -> str | None:
+    if shutil.which("docker") is None:
+        return "no docker CLI"
+    try:
+        proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "docker info timed out"
+    return None if proc.returncode == 0 else f"docker info failed: {proc.stderr.strip()[-200:]}"
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, str]:
+    reason = _docker_available()
+    if reason:
+        pytest.skip(f"no Docker Engine on this machine ({reason}); the compose stack cannot run")
+    env = dict(os.environ)
+    # The local stand-ins for the public python / postgres images (see docker/README.md):
+    # this machine has no registry, so the tests build and use them.
+    env.setdefault("FTI_BASE_IMAGE", "fti-local/python:3.11-bookworm")
+    env.setdefault("FTI_POSTGRES_IMAGE", "fti-local/postgres:15")
+    for script in ("build-base-images.sh", "build-images.sh"):
+        proc = subprocess.run(["bash", f"scripts/{script}"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=2400)
+        assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack(images: dict[str, str], tmp_path_factory) -> Iterator[Stack]:
+    env = {**images, "FTI_INFERENCE_PORT": str(free_port()), "FTI_RELOAD_INTERVAL_SECONDS": "2",
+           # A small first dataset, so the full one trained later yields a better model.
+           "FTI_DEMO_POLICYHOLDERS": "250"}
+    env.pop("COMPOSE_PROJECT_NAME", None)
+    s = Stack(f"fti-test-{uuid.uuid4().hex[:8]}", int(env["FTI_INFERENCE_PORT"]), env)
+    try:
+        s.compose("up", "-d", "--wait", "--wait-timeout", "900", "--no-build", timeout=1200)
+        yield s
+    finally:
+        s.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+
+
+def _records(stack: Stack, tmp_path: Path, n_policyholders: int, count: int) -> list[dict]:
+    """The demo source is deterministic: regenerate it on the host to pick raw records."""
+    from fti.demo_data import generate_claims, to_csv_bytes
+    from tests.helpers import CLAIMS_SPEC
+
+    csv = tmp_path / "claims.csv"
+    csv.write_bytes(to_csv_bytes(generate_claims(n_policyholders=n_policyholders)))
+    return raw_json_records(csv, CLAIMS_SPEC)[-count:]
+
+
+def _expected_in_container(stack: Stack, version: str, record_ids: list[str]) -> dict[str, list[float]]:
+    """predict_proba of the registered version on the stored feature rows, computed inside the
+    inference container (the batch path: feature table -> registered pipeline)."""
+    script = f"""
+import json, mlflow
+from shared import feature_table as ft
+from shared.db import make_engine
+from shared.settings import MlflowSettings
+from shared.spec import load_spec
+s = MlflowSettings(); spec = load_spec("{SPEC}").spec
+engine = make_engine(s.feature_store_url)
+info = ft.get_version(engine, spec.name)
+rows = ft.read_records(engine, spec, info.version, {record_ids!r}).set_index(spec.record_id, drop=False)
+pipe = mlflow.sklearn.load_model("models:/{{}}/{version}".format(spec.model.name))
+proba = pipe.predict_proba(rows.loc[{record_ids!r}, spec.model_features])
+print(json.dumps({{rid: p for rid, p in zip({record_ids!r}, proba.tolist())}}))
+"""
+    out = stack.compose("exec", "-T", "inference", "python3", "-c", script, timeout=300).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_fresh_up_serves_correct_predictions_on_the_published_port(stack: Stack, tmp_path: Path):
+    ready = stack.ready()
+    assert ready["model_version"] == "1"
+    records = _records(stack, tmp_path, 250, 20)
+    r = httpx.post(f"{stack.url}/predict", json={"records": records}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = _expected_in_container(stack, "1", [p["record_id"] for p in body["predictions"]])
+    for p in body["predictions"]:
+        assert [p["probabilities"]["0"], p["probabilities"]["1"]] == expected[p["record_id"]]
+    states = {c["Service"]: c for c in stack.ps()}
+    for job in JOBS:
+        assert states[job]["State"] == "exited" and states[job]["ExitCode"] == 0, states[job]
+
+
+def test_only_inference_is_published_all_have_healthchecks_and_run_non_root(stack: Stack):
+    published = {}
+    for c in stack.ps():
+        ports = [p for p in (c.get("Publishers") or []) if p.get("PublishedPort")]
+        if ports:
+            published[c["Service"]] = ports
+    assert set(published) == {"inference"}
+    assert {p["URL"] for p in published["inference"]} <= {"127.0.0.1", "0.0.0.0", "::"}
+
+    ids = {c["Service"]: c["ID"] for c in stack.ps()}
+    for service in SERVICES:
+        info = json.loads(subprocess.run(["docker", "inspect", ids[service]], capture_output=True, text=True,
+                                         timeout=60, check=True).stdout)[0]
+        assert info["Config"].get("Healthcheck", {}).get("Test"), f"{service} has no healthcheck"
+        if service in JOBS:
+            assert info["Config"]["User"] == "fti", service
+        else:  # running services: the main process's real uid, read from the host
+            pid = info["State"]["Pid"]
+            uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+            assert uid != 0, f"{service} runs as root"
+
+
+def test_parity_certificate_from_the_training_container_passes_in_inference(stack: Stack):
+    model = httpx.get(f"{stack.url}/model", timeout=30).json()
+    assert model["certificate"]["passed"] is True and model["certificate"]["checked"] == 64
+    assert model["environment_overridden"] == []
+    lineage = model["lineage"]
+    assert lineage["env.image"] == "fti/training-pipeline"  # trained in another image ...
+    env = stack.compose("exec", "-T", "inference", "printenv", "FTI_IMAGE", "FTI_LOCK_SHA256", timeout=60).stdout.split()
+    assert env[0] == "fti/inference"  # ... served from this one, both from the same lock
+    assert lineage["env.lock_sha256"] == env[1]
+
+
+def test_new_data_and_training_move_champion_with_zero_failed_requests(stack: Stack, tmp_path: Path):
+    stack.ready()
+    record = _records(stack, tmp_path, 250, 1)[0]
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(f"{stack.url}/predict", json={"records": [record]})
+                    seen.append((r.status_code, r.headers.get("x-model-version")))
+                except httpx.HTTPError as exc:
+                    seen.append((0, repr(exc)))
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        stack.compose("run", "--rm", "demo-data", "data", "generate", "--spec", SPEC, "--policyholders", "4000")
+        out = stack.compose("run", "--rm", "feature-pipeline", "features", "run", "--spec", SPEC).stdout
+        assert "feature version 2 of 'claims': created" in out
+        out = stack.compose("run", "--rm", "training-pipeline", "train", "--spec", SPEC).stdout
+        assert "model claims-fraud version 2" in out and "PROMOTED" in out, out
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(v == "2" for _, v in seen[-5:]):
+            time.sleep(1)
+        time.sleep(3)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    failures = [s for s in seen if s[0] != 200]
+    assert not failures, failures[:5]
+    versions = [v for _, v in seen]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions, key=int)  # only ever moves forward
+    assert stack.ready()["model_version"] == "2"
+
+
+def test_down_then_up_keeps_versions_and_down_v_removes_everything(stack: Stack):
+    stack.compose("down", timeout=300)
+    stack.compose("up", "-d", "--wait", "--wait-timeout", "900", "--no-build", timeout=1200)
+    ready = stack.ready()
+    assert ready["model_version"] == "2"
+    out = stack.compose("run", "--rm", "feature-pipeline", "features", "list", "--spec", SPEC, "--json").stdout
+    versions = [v["version"] for v in json.loads(out[out.index("["):])]
+    assert versions == [1, 2]
+    logs = stack.compose("logs", "--no-log-prefix", "training-pipeline", timeout=60).stdout
+    assert "skipped" in logs  # the re-up trained nothing new
+
+    stack.compose("down", "-v", timeout=300)
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter",
+                              f"label=com.docker.compose.project={stack.project}"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert volumes == []
+    assert stack.ps() == []
