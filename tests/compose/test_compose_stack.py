@@ -206,10 +206,10 @@ def test_new_data_and_training_move_champion_with_zero_failed_requests(stack: St
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     try:
-        stack.compose("run", "--rm", "demo-data", "data", "generate", "--spec", SPEC, "--policyholders", "4000")
-        out = stack.compose("run", "--rm", "feature-pipeline", "features", "run", "--spec", SPEC).stdout
+        stack.compose("run", "--rm", "--no-deps", "demo-data", "data", "generate", "--spec", SPEC, "--policyholders", "4000")
+        out = stack.compose("run", "--rm", "--no-deps", "feature-pipeline", "features", "run", "--spec", SPEC).stdout
         assert "feature version 2 of 'claims': created" in out
-        out = stack.compose("run", "--rm", "training-pipeline", "train", "--spec", SPEC).stdout
+        out = stack.compose("run", "--rm", "--no-deps", "training-pipeline", "train", "--spec", SPEC).stdout
         assert "model claims-fraud version 2" in out and "PROMOTED" in out, out
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(v == "2" for _, v in seen[-5:]):
@@ -231,7 +231,7 @@ def test_down_then_up_keeps_versions_and_down_v_removes_everything(stack: Stack)
     stack.compose("up", "-d", "--wait", "--wait-timeout", "900", "--no-build", timeout=1200)
     ready = stack.ready()
     assert ready["model_version"] == "2"
-    out = stack.compose("run", "--rm", "feature-pipeline", "features", "list", "--spec", SPEC, "--json").stdout
+    out = stack.compose("run", "--rm", "--no-deps", "feature-pipeline", "features", "list", "--spec", SPEC, "--json").stdout
     versions = [v["version"] for v in json.loads(out[out.index("["):])]
     assert versions == [1, 2]
     logs = stack.compose("logs", "--no-log-prefix", "training-pipeline", timeout=60).stdout
