@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import shared
@@ -30,17 +29,6 @@ def code_commit() -> str:
 
 def shared_version() -> str:
     return shared.__version__
-
-
-def package_versions(names: tuple[str, ...] = ("scikit-learn", "numpy", "scipy", "pandas", "skops")
-                     ) -> dict[str, str]:
-    out = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = "absent"
-    return out
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

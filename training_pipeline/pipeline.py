@@ -21,7 +21,7 @@ from shared import certificate as certmod
 from shared import feature_table as ft
 from shared import fingerprint
 from shared.db import make_engine
-from shared.provenance import code_commit, package_versions, shared_version
+from shared.provenance import code_commit, shared_version
 from shared.spec import DatasetSpec, LoadedSpec
 from training_pipeline import register as reg
 from training_pipeline.config import Settings
@@ -44,7 +44,10 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int) -> dict[str, str]:
+def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int,
+                 env: dict[str, Any] | None = None) -> dict[str, str]:
+    """Tags for the run and the model version; ``env`` is the fingerprint the model is stored with."""
+    env = env if env is not None else fingerprint.capture(loaded.spec.model.estimator.class_path)
     tags = {
         "fti.dataset": info.dataset,
         "fti.feature_version": str(info.version),
@@ -59,9 +62,8 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int) -> dict[st
         "fti.seed": str(seed),
         "fti.estimator": loaded.spec.model.estimator.class_path,
     }
-    for name, version in package_versions().items():
-        tags[f"fti.lib.{name}"] = version
-    env = fingerprint.capture(loaded.spec.model.estimator.class_path)
+    for name in fingerprint.ENFORCED:
+        tags[f"fti.lib.{name}"] = env["enforced"][name]
     tags["fti.env.python"] = env["python"]
     tags["fti.env.lock_sha256"] = env["lock_sha256"]
     for name, version in env["enforced"].items():
@@ -177,7 +179,8 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
     reg.configure(settings)
     experiment = settings.experiment or f"fti-{spec.name}"
     exp_id = reg.ensure_experiment(settings, experiment)
-    tags = {**lineage_tags(loaded, info, seed), **(extra_tags or {})}
+    environment = fingerprint.capture(spec.model.estimator.class_path)
+    tags = {**lineage_tags(loaded, info, seed, environment), **(extra_tags or {})}
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-fv{info.version}") as active:
         run_id = active.info.run_id
         mlflow.set_tags(tags)
@@ -191,7 +194,6 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         log.info("[3/5] logged params, metrics, plots and lineage to run %s", run_id)
 
         certificate = certmod.build(data.test, spec, pipe, info, seed=seed)
-        environment = fingerprint.capture(spec.model.estimator.class_path)
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for name, obj in ((certmod.CERTIFICATE_FILE, certificate), ("environment.json", environment)):
