@@ -311,6 +311,46 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         return tags
 
 
+def cast_categorical_values(values: np.ndarray) -> np.ndarray:
+    """:class:`ModelInputCaster`'s rule for one categorical column, on an object array.
+
+    Missing (None, NaN, empty or whitespace-only strings) becomes ``MISSING_CATEGORY``;
+    bools become ``"true"``/``"false"``; whole numbers their integer text. The
+    serving fast path calls this very function, so it cannot drift from the caster.
+    """
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            out[i] = MISSING_CATEGORY
+        elif isinstance(v, str):
+            out[i] = v
+        elif isinstance(v, (bool, np.bool_)):
+            out[i] = str(v).lower()
+        elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+            out[i] = str(int(v))
+        else:
+            out[i] = str(v)
+    return out
+
+
+def canonical_floats(values: np.ndarray) -> np.ndarray:
+    """float64 copy with ``-0.0`` turned into ``0.0`` (NaN stays NaN): the caster's numeric output."""
+    return np.asarray(values, dtype=np.float64) + 0.0
+
+
+def cast_numeric_values(name: str, values: np.ndarray) -> np.ndarray:
+    """:class:`ModelInputCaster`'s rule for one numeric column held as Python objects."""
+    arr = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            arr[i] = np.nan
+        elif isinstance(v, (int, float, np.integer, np.floating, bool, np.bool_)):
+            arr[i] = float(v)
+        else:
+            raise ValueError(f"column {name!r} holds a non-numeric value of type {type(v).__name__}")
+    return canonical_floats(arr)
+
+
 class ModelInputCaster(TransformerMixin, BaseEstimator):
     """Select the model's columns in order and fix their dtypes.
 
@@ -373,36 +413,13 @@ class ModelInputCaster(TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _cast_categorical(col: pd.Series) -> np.ndarray:
-        values = col.to_numpy(dtype=object, na_value=None)
-        out = np.empty(len(values), dtype=object)
-        for i, v in enumerate(values):
-            if v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip()):
-                out[i] = MISSING_CATEGORY
-            elif isinstance(v, str):
-                out[i] = v
-            elif isinstance(v, (bool, np.bool_)):
-                out[i] = str(v).lower()
-            elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
-                out[i] = str(int(v))
-            else:
-                out[i] = str(v)
-        return out
+        return cast_categorical_values(col.to_numpy(dtype=object, na_value=None))
 
     @staticmethod
     def _cast_numeric(name: str, col: pd.Series) -> np.ndarray:
         if col.dtype.kind in "fiub":
-            arr = col.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            values = col.to_numpy(dtype=object, na_value=None)
-            arr = np.empty(len(values), dtype=np.float64)
-            for i, v in enumerate(values):
-                if v is None or (isinstance(v, float) and math.isnan(v)):
-                    arr[i] = np.nan
-                elif isinstance(v, (int, float, np.integer, np.floating, bool, np.bool_)):
-                    arr[i] = float(v)
-                else:
-                    raise ValueError(f"column {name!r} holds a non-numeric value of type {type(v).__name__}")
-        return arr + 0.0
+            return canonical_floats(col.to_numpy(dtype=np.float64, na_value=np.nan))
+        return cast_numeric_values(name, col.to_numpy(dtype=object, na_value=None))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self)
