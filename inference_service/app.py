@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
         runtime = Runtime(settings=settings, spec=loaded, engine=engine,
                           loader=loader or MlflowLoader(settings.tracking_uri, settings.registry_uri,
                                                         settings.cache_dir,
-                                                        allow_env_mismatch=settings.allow_env_mismatch),
+                                                        allow_env_mismatch=settings.allow_env_mismatch,
+                                                        fast_path=settings.fast_path,
+                                                        fast_path_tree_rows=settings.fast_path_tree_rows),
                           prediction_log=writer)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload

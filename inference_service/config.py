@@ -26,6 +26,10 @@ class Settings(MlflowSettings):
                                                 "its registry tags change")
     allow_env_mismatch: bool = Field(default=False, description="serve a model trained with other "
                                      "prediction-relevant package versions (logged loudly)")
+    fast_path: bool = Field(default=True, description="FTI_FAST_PATH: score through the numpy fast path compiled "
+                            "from the fitted pipeline, used only after it is proven bit-identical at load")
+    fast_path_tree_rows: int = Field(default=32, ge=0, le=100_000, description="batches up to this many rows walk "
+                                     "all HistGradientBoosting trees at once; larger ones call the estimator")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
     prediction_log: bool = Field(default=True, description="FTI_PREDICTION_LOG: record every prediction in "
                                  "fti_predictions (inputs, outputs, model and feature versions)")

@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy.engine import Engine
 
+from inference_service import scoring
 from inference_service.model_loader import LoadedModel, _client
 from inference_service.online import certificate_features
 from shared import feature_table as ft
@@ -82,7 +82,7 @@ def spec_from_run(loader: Any, run_id: str, folder: Path) -> LoadedSpec:
 def recompute(logged: LoggedPrediction, spec: LoadedSpec, engine: Engine, model: LoadedModel) -> dict[str, Any]:
     """Run the logged inputs through the online path again; exact comparison with the logged outputs."""
     feats = certificate_features([logged.inputs], spec.spec, engine, logged.feature_version)  # type: ignore[arg-type]
-    proba = np.asarray(model.pipeline.predict_proba(feats[model.features]), dtype=np.float64)[0]
+    proba = scoring.predict_proba(model, feats)[0]
     labels = [str(c) for c in model.classes]
     probabilities = dict(zip(labels, proba.tolist(), strict=True))
     prediction = model.classes[int(proba.argmax())]

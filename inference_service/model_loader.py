@@ -48,6 +48,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     verdict: dict[str, Any] | None = None  # this process's check of ``certificate``, set before it is served
+    scorer: Any = None  # inference_service.scoring.Scorer: the fast path if proven equal, else the pipeline
 
     @property
     def trained_feature_version(self) -> int | None:
@@ -89,11 +90,14 @@ def model_input_columns(pipeline: Any) -> list[str]:
 class MlflowLoader:
     """Loads ``models:/<name>@<alias>`` through an on-disk cache keyed by version."""
 
-    def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path, *, allow_env_mismatch: bool = False):
+    def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path, *, allow_env_mismatch: bool = False,
+                 fast_path: bool = True, fast_path_tree_rows: int = 32):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.cache_dir = cache_dir
         self.allow_env_mismatch = allow_env_mismatch
+        self.fast_path = fast_path
+        self.fast_path_tree_rows = fast_path_tree_rows
 
     def resolve(self, name: str, alias: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -151,11 +155,15 @@ class MlflowLoader:
         pipeline = load_skops_model(model_dir)
         features = model_input_columns(pipeline)
         check_contract(spec, name, str(mv.version), tags, features)
+        from inference_service import scoring
+
+        scorer = scoring.prepare(pipeline, features, certificate, enabled=self.fast_path,
+                                 tree_max_rows=self.fast_path_tree_rows)
         loaded = LoadedModel(pipeline=pipeline, name=name, version=str(mv.version), alias=alias,
                              run_id=str(mv.run_id or tags.get("fti.run_id", "")), tags=tags, features=features,
                              classes=[c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
                              certificate=certificate, environment=environment, env_overridden=overridden,
-                             load_seconds=time.perf_counter() - t0)
+                             load_seconds=time.perf_counter() - t0, scorer=scorer)
         log.info("loaded %s version %s (%s) in %.2fs", name, loaded.version, alias or "by version",
                  loaded.load_seconds)
         return loaded

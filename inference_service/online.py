@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from inference_service import scoring
 from shared import feature_table as ft
 from shared.features import compute_online
 from shared.raw import RawDataError, normalize_records
@@ -51,8 +52,7 @@ def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any)
         raise RawDataError(problems.items, row_label="record", context="request")
     version = latest_version(engine, spec)
     feats = features_for(records, spec, engine, version)
-    proba = model.pipeline.predict_proba(feats[model.features])
-    return Scored(records, feats, np.asarray(proba, dtype=np.float64), version)
+    return Scored(records, feats, scoring.predict_proba(model, feats), version)
 
 
 def certificate_features(records: list[Any], spec: DatasetSpec, engine: Engine, version: int) -> pd.DataFrame:

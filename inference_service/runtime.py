@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from inference_service import scoring
 from inference_service.config import Settings
 from inference_service.model_loader import LoadedModel, ModelLoadError
 from inference_service.online import certificate_features
@@ -107,7 +108,7 @@ class Runtime:
         try:
             return certmod.verify(model.certificate,
                                   lambda records, version: certificate_features(records, spec, self.engine, version),
-                                  model.pipeline.predict_proba, spec)
+                                  lambda X: scoring.predict_proba(model, X), spec)
         except Exception as exc:  # noqa: BLE001 - a certificate that cannot run is a failed certificate
             log.exception("parity certificate of %s version %s could not run", model.name, model.version)
             return certmod.Verdict(False, 0, error=f"{type(exc).__name__}: {str(exc)[:300]}")

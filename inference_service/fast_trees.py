@@ -1,0 +1,117 @@
+"""HistGradientBoosting trees evaluated all at once, for small batches.
+
+scikit-learn predicts a HistGradientBoosting model one tree at a time: a
+Cython call (and an OpenMP region) per tree, so a one-row prediction with
+200 trees costs milliseconds of overhead for microseconds of arithmetic.
+Here every tree is packed into flat node arrays and walked level by level
+for all trees and rows together, with the fitted model's own node tables.
+
+Equality with scikit-learn, by construction and then by test:
+
+* the walk is ``_predict_one_from_raw_data``'s: NaN follows
+  ``missing_go_to_left``, otherwise ``x <= num_threshold`` goes left;
+* leaf values are added to the baseline tree by tree in iteration order
+  (``np.add.accumulate`` is sequential), exactly as ``_raw_predict`` does;
+* probabilities come from the fitted estimator's own loss object.
+
+It reads private, version-pinned attributes (``_predictors``,
+``_baseline_prediction``, ``_loss``): the lock pins scikit-learn, and the
+service proves the result equal to ``predict_proba`` at every load, so a
+change there can only switch the fast path off, never change an answer.
+Models with categorical splits or a categorical preprocessor are not compiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class Unsupported(ValueError):
+    """The estimator's trees are not compiled (the estimator itself predicts)."""
+
+
+@dataclass(frozen=True)
+class CompiledTrees:
+    roots: np.ndarray  # (T,) absolute index of each tree's root, in (iteration, class) order
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    value: np.ndarray
+    n_classes_out: int  # trees per iteration
+    baseline: np.ndarray  # (1, n_classes_out)
+    loss: Any
+    n_features: int
+
+    def raw_predict(self, X: np.ndarray) -> np.ndarray:
+        n = X.shape[0]
+        T = len(self.roots)
+        node = np.repeat(self.roots, n)  # tree-major: entry t*n + r is tree t on row r
+        rows = np.tile(np.arange(n), T)
+        active = np.flatnonzero(~self.is_leaf[node])
+        while active.size:
+            cur = node[active]
+            x = X[rows[active], self.feature[cur]]
+            go_left = np.where(np.isnan(x), self.missing_left[cur], x <= self.threshold[cur])
+            cur = np.where(go_left, self.left[cur], self.right[cur])
+            node[active] = cur
+            active = active[~self.is_leaf[cur]]
+        leaves = self.value[node].reshape(T // self.n_classes_out, self.n_classes_out, n)
+        raw = np.empty((n, self.n_classes_out), dtype=np.float64, order="F")
+        for k in range(self.n_classes_out):
+            stacked = np.empty((leaves.shape[0] + 1, n), dtype=np.float64)
+            stacked[0] = self.baseline[0, k]
+            stacked[1:] = leaves[:, k, :]
+            raw[:, k] = np.add.accumulate(stacked, axis=0)[-1]
+        return raw
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected a matrix with {self.n_features} columns, got shape {X.shape}")
+        return np.asarray(self.loss.predict_proba(self.raw_predict(X)), dtype=np.float64)
+
+
+def compile_estimator(estimator: Any) -> CompiledTrees:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    if not isinstance(estimator, HistGradientBoostingClassifier):
+        raise Unsupported(f"{type(estimator).__name__} is not a HistGradientBoostingClassifier")
+    try:
+        predictors = estimator._predictors
+        baseline = np.asarray(estimator._baseline_prediction, dtype=np.float64)
+        loss = estimator._loss
+        preprocessor = estimator._preprocessor
+    except AttributeError as exc:
+        raise Unsupported(f"unexpected HistGradientBoosting internals ({exc})") from None
+    if preprocessor is not None:
+        raise Unsupported("the model was fitted with categorical features")
+    k = int(estimator.n_trees_per_iteration_)
+    if baseline.shape != (1, k) or not predictors or any(len(it) != k for it in predictors):
+        raise Unsupported("unexpected tree layout")
+    tables, roots, offset = [], [], 0
+    for iteration in predictors:
+        for predictor in iteration:
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                raise Unsupported("the model has categorical splits")
+            tables.append(nodes)
+            roots.append(offset)
+            offset += len(nodes)
+    starts = np.repeat(np.asarray(roots, dtype=np.intp), [len(t) for t in tables])
+    nodes = np.concatenate(tables)
+    return CompiledTrees(
+        roots=np.asarray(roots, dtype=np.intp),
+        feature=nodes["feature_idx"].astype(np.intp),
+        threshold=nodes["num_threshold"].astype(np.float64),
+        missing_left=nodes["missing_go_to_left"].astype(bool),
+        left=nodes["left"].astype(np.intp) + starts,
+        right=nodes["right"].astype(np.intp) + starts,
+        is_leaf=nodes["is_leaf"].astype(bool),
+        value=nodes["value"].astype(np.float64),
+        n_classes_out=k, baseline=baseline, loss=loss, n_features=int(estimator.n_features_in_),
+    )
