@@ -21,9 +21,11 @@ from fastapi import FastAPI
 
 from inference_service import errors
 from inference_service.config import Settings
+from inference_service.invocations import Signature
 from inference_service.model_loader import MlflowLoader
+from inference_service.observability import Observability, ObserveRequests
 from inference_service.prediction_log import PredictionLogWriter
-from inference_service.routes import health, predictions
+from inference_service.routes import health, metrics, mlflow_compat, predictions
 from inference_service.routes.predict import build_router
 from inference_service.runtime import Runtime
 from inference_service.schemas import predict_request_schema
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                                                         allow_env_mismatch=settings.allow_env_mismatch,
                                                         fast_path=settings.fast_path,
                                                         fast_path_tree_rows=settings.fast_path_tree_rows),
-                          prediction_log=writer)
+                          prediction_log=writer, obs=obs)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload
         try:
@@ -77,8 +79,15 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                   description=f"Scores raw {spec.name} records with the `{spec.model.name}@{settings.model_alias}` "
                               "model. Features are computed by the same `shared` code as the feature pipeline; "
                               "history features are read from the feature table as of each record's event time.")
+    obs = Observability(lambda: getattr(app.state, "runtime", None))
+    app.state.obs = obs
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(build_router(predict_request_schema(spec, settings.max_batch_rows)))
+    app.include_router(build_router(predict_request_schema(spec, settings.max_batch_rows), obs))
+    app.include_router(mlflow_compat.build_router(Signature.from_spec(spec), obs,
+                                                  max_rows=settings.max_invocation_rows))
     app.include_router(predictions.router)
+    app.include_router(metrics.build_router(obs))
+    app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log,
+                       log_bodies=settings.log_request_bodies)
     return app

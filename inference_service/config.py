@@ -16,6 +16,14 @@ class Settings(MlflowSettings):
     model_name: str | None = Field(default=None, description="default: the spec's model.name")
     model_alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_invocation_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="FTI_MAX_INVOCATION_ROWS: "
+                                     "rows per POST /invocations request (413 above)")
+    log_format: str = Field(default="json", pattern="^(json|text)$", description="FTI_LOG_FORMAT: json (one "
+                            "object per line) or text")
+    access_log: bool = Field(default=True, description="FTI_ACCESS_LOG: one log line per request (request id, "
+                             "endpoint, status, duration, model version, rows, prediction ids)")
+    log_request_bodies: bool = Field(default=False, description="FTI_LOG_REQUEST_BODIES: add the first 4 KiB "
+                                     "of each request body to its access-log line (off: bodies hold client data)")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     load_retry_seconds: float = Field(default=5.0, gt=0, description="wait between model load attempts")
     reload_interval_seconds: float = Field(default=10.0, ge=0, description="FTI_RELOAD_INTERVAL_SECONDS: how "

@@ -8,8 +8,9 @@ for all trees and rows together, with the fitted model's own node tables.
 
 Equality with scikit-learn, by construction and then by test:
 
-* the walk is ``_predict_one_from_raw_data``'s: NaN follows
-  ``missing_go_to_left``, otherwise ``x <= num_threshold`` goes left;
+* the split rule is ``_predict_one_from_raw_data``'s: NaN follows
+  ``missing_go_to_left``, otherwise ``x <= num_threshold`` goes left; the
+  (tree, row) pairs still inside a tree are walked level by level;
 * leaf values are added to the baseline tree by tree in iteration order
   (``np.add.accumulate`` is sequential), exactly as ``_raw_predict`` does;
 * probabilities come from the fitted estimator's own loss object.
@@ -36,11 +37,10 @@ class Unsupported(ValueError):
 @dataclass(frozen=True)
 class CompiledTrees:
     roots: np.ndarray  # (T,) absolute index of each tree's root, in (iteration, class) order
-    feature: np.ndarray
+    feature: np.ndarray  # per node (all trees concatenated)
     threshold: np.ndarray
-    missing_left: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
+    missing_right: np.ndarray  # NaN goes right (not ``missing_go_to_left``)
+    child: np.ndarray  # (2 * nodes,): [2i] left child of node i, [2i+1] right child; leaves point at themselves
     is_leaf: np.ndarray
     value: np.ndarray
     n_classes_out: int  # trees per iteration
@@ -48,26 +48,35 @@ class CompiledTrees:
     loss: Any
     n_features: int
 
-    def raw_predict(self, X: np.ndarray) -> np.ndarray:
-        n = X.shape[0]
+    def _go_right(self, x: np.ndarray, node: np.ndarray | slice) -> np.ndarray:
+        """sklearn's split rule: NaN follows ``missing_go_to_left``, else ``x <= threshold`` goes left."""
+        return (x > self.threshold[node]) | (np.isnan(x) & self.missing_right[node])
+
+    def _leaves_walk(self, X: np.ndarray) -> np.ndarray:
+        """Walk all (tree, row) pairs level by level, only those not at a leaf yet."""
+        n, d = X.shape
         T = len(self.roots)
+        flat = np.ascontiguousarray(X).ravel()
         node = np.repeat(self.roots, n)  # tree-major: entry t*n + r is tree t on row r
-        rows = np.tile(np.arange(n), T)
+        offset = np.tile(np.arange(n) * d, T)
         active = np.flatnonzero(~self.is_leaf[node])
         while active.size:
             cur = node[active]
-            x = X[rows[active], self.feature[cur]]
-            go_left = np.where(np.isnan(x), self.missing_left[cur], x <= self.threshold[cur])
-            cur = np.where(go_left, self.left[cur], self.right[cur])
+            right = self._go_right(flat[offset[active] + self.feature[cur]], cur)
+            cur = self.child[2 * cur + right]
             node[active] = cur
             active = active[~self.is_leaf[cur]]
-        leaves = self.value[node].reshape(T // self.n_classes_out, self.n_classes_out, n)
+        return self.value[node].reshape(T, n)
+
+    def raw_predict(self, X: np.ndarray) -> np.ndarray:
+        n = X.shape[0]
+        leaves = self._leaves_walk(X).reshape(len(self.roots) // self.n_classes_out, self.n_classes_out, n)
         raw = np.empty((n, self.n_classes_out), dtype=np.float64, order="F")
         for k in range(self.n_classes_out):
             stacked = np.empty((leaves.shape[0] + 1, n), dtype=np.float64)
             stacked[0] = self.baseline[0, k]
             stacked[1:] = leaves[:, k, :]
-            raw[:, k] = np.add.accumulate(stacked, axis=0)[-1]
+            raw[:, k] = np.add.accumulate(stacked, axis=0)[-1]  # sequential: sklearn's += per tree
         return raw
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -104,14 +113,17 @@ def compile_estimator(estimator: Any) -> CompiledTrees:
             offset += len(nodes)
     starts = np.repeat(np.asarray(roots, dtype=np.intp), [len(t) for t in tables])
     nodes = np.concatenate(tables)
+    is_leaf = nodes["is_leaf"].astype(bool)
+    idx = np.arange(len(nodes), dtype=np.intp)
+    left = np.where(is_leaf, idx, nodes["left"].astype(np.intp) + starts)
+    right = np.where(is_leaf, idx, nodes["right"].astype(np.intp) + starts)
+    child = np.empty(2 * len(nodes), dtype=np.intp)
+    child[0::2], child[1::2] = left, right
     return CompiledTrees(
         roots=np.asarray(roots, dtype=np.intp),
-        feature=nodes["feature_idx"].astype(np.intp),
+        feature=np.where(is_leaf, 0, nodes["feature_idx"]).astype(np.intp),
         threshold=nodes["num_threshold"].astype(np.float64),
-        missing_left=nodes["missing_go_to_left"].astype(bool),
-        left=nodes["left"].astype(np.intp) + starts,
-        right=nodes["right"].astype(np.intp) + starts,
-        is_leaf=nodes["is_leaf"].astype(bool),
-        value=nodes["value"].astype(np.float64),
+        missing_right=~nodes["missing_go_to_left"].astype(bool),
+        child=child, is_leaf=is_leaf, value=nodes["value"].astype(np.float64),
         n_classes_out=k, baseline=baseline, loss=loss, n_features=int(estimator.n_features_in_),
     )

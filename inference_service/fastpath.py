@@ -100,9 +100,7 @@ class FastPath:
         X = np.zeros((n, self.n_out), dtype=np.float64)
         for block in self.blocks:
             if isinstance(block, _NumericBlock):
-                A = np.empty((n, len(block.columns)), dtype=np.float64)
-                for j, name in enumerate(block.columns):
-                    A[:, j] = canonical_floats(columns[name])
+                A = canonical_floats(np.vstack([columns[name] for name in block.columns]).T)
                 for step in block.steps:
                     if step.kind == "impute":
                         A = np.where(np.isnan(A), step.a, A)

@@ -56,6 +56,7 @@ class Runtime:
     attempts: int = 0  # failed load attempts so far
     rejected: dict[str, Any] | None = None  # the last candidate refused by its parity certificate at start
     prediction_log: PredictionLogWriter | None = None
+    obs: Any = None  # inference_service.observability.Observability: load and reload counters
     store_ready: bool = False
     started_at: float = field(default_factory=time.time)
     reload: ReloadState = field(init=False)
@@ -85,6 +86,13 @@ class Runtime:
                 ) from exc
             log.info("feature store schema at revision %s; prediction log on", ft.SCHEMA_HEAD)
         self.store_ready = True
+
+    def _count_load(self, kind: str, outcome: str, seconds: float | None = None) -> None:
+        if self.obs is None:
+            return
+        self.obs.loads.labels(kind, outcome).inc()
+        if seconds is not None:
+            self.obs.load_seconds.set(seconds)
 
     def load_once(self) -> LoadedModel:
         model = self.loader.load(self.spec.spec, self.model_name, self.settings.model_alias)
@@ -121,12 +129,15 @@ class Runtime:
             try:
                 if not self.store_ready:
                     await asyncio.to_thread(self.prepare_store)
-                await asyncio.to_thread(self.load_once)
+                model = await asyncio.to_thread(self.load_once)
+                self._count_load("initial", "loaded", model.load_seconds)
                 return
             except ModelLoadError as exc:
                 self.last_error = str(exc)
+                self._count_load("initial", "refused" if self.rejected is not None else "failed")
             except Exception as exc:  # noqa: BLE001 - keep the process alive, report the cause
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                self._count_load("initial", "failed")
             self.attempts = tries  # failed attempts, counted once the reason is known
             log.warning("not ready (attempt %d): %s; retrying in %.0fs", tries, self.last_error, delay)
             await asyncio.sleep(delay)
@@ -147,7 +158,12 @@ class Runtime:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.check_alias)
+                outcome = await asyncio.to_thread(self.check_alias)
+                if self.obs is not None:
+                    self.obs.reload_checks.labels(outcome).inc()
+                    if outcome in ("reloaded", "refused", "failed"):
+                        self._count_load("reload", "loaded" if outcome == "reloaded" else outcome,
+                                         self.model.load_seconds if outcome == "reloaded" and self.model else None)
             except Exception:  # noqa: BLE001 - check_alias reports its own failures; never stop watching
                 log.exception("hot reload: unexpected error while checking %s@%s", self.model_name,
                               self.settings.model_alias)

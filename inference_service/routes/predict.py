@@ -27,6 +27,7 @@ from inference_service import body as body_codec
 from inference_service.dependencies import ModelDep, RuntimeDep
 from inference_service.errors import error_response
 from inference_service.model_loader import LoadedModel
+from inference_service.observability import Observability, note
 from inference_service.online import Scored, score
 from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
@@ -60,7 +61,7 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
         now = utcnow()
         runtime.prediction_log.submit_lazy(len(out), lambda: log_rows(runtime, model, scored, out, request_id, now))
     return {"model_name": model.name, "model_version": model.version, "feature_version": scored.feature_version,
-            "trained_on_feature_version": model.trained_feature_version, "predictions": out}
+            "trained_on_feature_version": model.trained_feature_version, "predictions": out, "_proba": scored.proba}
 
 
 def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]],
@@ -88,38 +89,39 @@ def openapi_body(request_schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}}
 
 
-def build_router(request_schema: dict[str, Any]) -> APIRouter:
+def build_router(request_schema: dict[str, Any], obs: Observability) -> APIRouter:
     r = APIRouter(tags=["predict"])
 
     @r.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=openapi_body(request_schema),
             summary="Score raw records (the fields the feature pipeline reads)")
     async def predict(request: Request, runtime: RuntimeDep, model: ModelDep) -> JSONResponse:
-        request_id = uuid.uuid4().hex
-        rid = {"X-Request-ID": request_id}
+        request_id = request.state.request_id  # set by ObserveRequests, also on the response
         try:
             body_codec.check_content_type(request.headers.get("content-type"))
             payload = body_codec.decode(await request.body())
         except body_codec.BodyError as exc:
-            return error_response(exc.status, exc.code, str(exc), headers=rid)
+            return error_response(exc.status, exc.code, str(exc))
         if not isinstance(payload, dict) or set(payload) != {"records"}:
-            return error_response(400, "bad_request", 'the body must be a JSON object {"records": [...]}',
-                                  headers=rid)
+            return error_response(400, "bad_request", 'the body must be a JSON object {"records": [...]}')
         records = payload["records"]
         limit = runtime.settings.max_batch_rows
         if not isinstance(records, list) or not records:
-            return error_response(400, "bad_request", '"records" must be a non-empty array of objects', headers=rid)
+            return error_response(400, "bad_request", '"records" must be a non-empty array of objects')
         if len(records) > limit:
             return error_response(413, "too_many_records", f"{len(records)} records; the limit is {limit} "
-                                  "(FTI_MAX_BATCH_ROWS)", headers=rid)
+                                  "(FTI_MAX_BATCH_ROWS)")
         try:
             result = await run_in_threadpool(_predict, runtime, model, records, request_id)
         except RawDataError as exc:
             return error_response(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
-                                  [p.as_dict() for p in exc.problems], headers=rid)
+                                  [p.as_dict() for p in exc.problems])
         except FeatureStoreError as exc:
             log.error("feature store unavailable (request %s): %s", request_id, exc)
             return error_response(503, "feature_store_unavailable", "history features cannot be read right now",
-                                  headers={"Retry-After": "5", **rid})
-        return JSONResponse(result, headers={**rid, "X-Model-Name": model.name, "X-Model-Version": model.version})
+                                  headers={"Retry-After": "5"})
+        obs.scored("/predict", model.version, result.pop("_proba"))
+        note(request, model_name=model.name, rows=len(records), feature_version=result["feature_version"],
+             prediction_ids=[p["prediction_id"] for p in result["predictions"]])
+        return JSONResponse(result, headers={"X-Model-Name": model.name, "X-Model-Version": model.version})
 
     return r

@@ -1,0 +1,151 @@
+"""``mlflow models serve``'s REST surface: ``POST /invocations``, ``GET /ping``, ``/health``, ``/version``.
+
+A client written against MLflow's scoring server works against fti unchanged
+and gets the same predictions (``{"predictions": [[p0, p1], ...]}``: the
+registered pyfunc returns ``predict_proba``). Inputs are the model's signature
+columns; parsing and validation live in :mod:`inference_service.invocations`,
+scoring in :mod:`inference_service.scoring` (the verified fast path).
+
+Errors keep MLflow's shape, ``{"error_code", "message"}``, plus ``problems``
+(every bad column and row) and never a ``stack_trace``.
+
+Small requests are scored on the event loop: for a few rows the work is a
+fraction of a millisecond and a thread hand-off would cost about as much.
+Larger ones go to the thread pool so they cannot stall other requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from inference_service import invocations as inv
+from inference_service import scoring
+from inference_service.observability import Observability, note
+from inference_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MLFLOW_PATHS = frozenset({"/invocations", "/ping", "/health", "/version"})
+INLINE_MAX_ROWS = 32
+_DUMPS = json.JSONEncoder().encode  # MLflow's separators and float repr: byte-identical bodies
+
+
+def mlflow_error(status: int, error_code: str, message: str, problems: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"error_code": error_code, "message": message}
+    if problems:
+        body["problems"] = problems
+    return Response(_DUMPS(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _not_ready(runtime: Runtime) -> Response:
+    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", f"no model is loaded: {runtime.last_error or 'loading'}",
+                        headers={"Retry-After": "5"})
+
+
+def _mlflow_version() -> str:
+    for dist in ("mlflow-skinny", "mlflow"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _schema(signature: inv.Signature, max_rows: int) -> dict[str, Any]:
+    """OpenAPI for the request: an anyOf of MLflow's four JSON layouts over the signature's columns."""
+    value = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "null"}]}
+    record = {"type": "object", "additionalProperties": False, "required": signature.names,
+              "properties": {c.name: ({"type": ["number", "null"]} if c.numeric else {"type": ["string", "null"]})
+                             for c in signature.columns}}
+    records = {"type": "array", "minItems": 1, "maxItems": max_rows, "items": record}
+    columns = {"type": "object", "additionalProperties": False, "required": signature.names,
+               "properties": {c.name: {"type": "array", "minItems": 1, "maxItems": max_rows, "items": value}
+                              for c in signature.columns}}
+    split = {"type": "object", "required": ["columns", "data"], "additionalProperties": False,
+             "properties": {"columns": {"type": "array", "items": {"type": "string"}},
+                            "data": {"type": "array", "minItems": 1, "maxItems": max_rows,
+                                     "items": {"type": "array", "items": value}},
+                            "index": {"type": "array"}}}
+    params = {"type": ["object", "null"], "maxProperties": 0}
+
+    def one(key: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": [key], "additionalProperties": False,
+                "properties": {key: schema, "params": params}}
+
+    return {"anyOf": [one("dataframe_split", split), one("dataframe_records", records),
+                      one("inputs", {"anyOf": [columns, records]}), one("instances", {"anyOf": [records, columns]})]}
+
+
+def build_router(signature: inv.Signature, obs: Observability, *, max_rows: int) -> APIRouter:
+    r = APIRouter(tags=["mlflow-compatible"])
+    mlflow_version = _mlflow_version()
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"description": "malformed body or data that does not fit the signature: "
+                             "`{error_code, message, problems}`"},
+        413: {"description": "body larger than FTI_MAX_BODY_BYTES or more rows than FTI_MAX_INVOCATION_ROWS"},
+        415: {"description": "Content-Type other than application/json, text/csv, application/vnd.apache.parquet"},
+        503: {"description": "no model loaded yet (`Retry-After`)"},
+    }
+
+    def _health(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        if runtime.model is None:
+            return _not_ready(runtime)
+        return Response("\n", media_type="application/json")
+
+    r.add_api_route("/ping", _health, methods=["GET"], summary="200 once a model is loaded (MLflow's /ping)",
+                    responses={503: errors[503]}, response_class=Response)
+    r.add_api_route("/health", _health, methods=["GET"], summary="Same as /ping (MLflow's /health)",
+                    responses={503: errors[503]}, response_class=Response)
+
+    @r.get("/version", response_class=Response, summary="The MLflow scoring-protocol version (as MLflow's "
+           "/version); the served model in X-Model-Name / X-Model-Version")
+    def version(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        model = runtime.model
+        headers = {"X-FTI-Version": request.app.version}
+        if model is not None:
+            headers.update({"X-Model-Name": model.name, "X-Model-Version": model.version})
+        return Response(mlflow_version, media_type="application/json", headers=headers)
+
+    @r.post("/invocations", response_class=Response, responses=errors, summary="Score model-input rows "
+            "(MLflow scoring-server formats: dataframe_split, dataframe_records, inputs, instances; JSON, CSV, "
+            "Parquet)", openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": _schema(signature, max_rows)},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def invocations(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        model = runtime.model  # once: a hot reload may swap it meanwhile
+        if model is None:
+            return _not_ready(runtime)
+        headers = {"X-Model-Name": model.name, "X-Model-Version": model.version}
+        try:
+            mime = inv.check_content_type(request.headers.get("content-type"))
+            raw = await request.body()
+            if mime == "application/json":
+                columns, n = inv.json_columns(inv.decode_json(raw))
+            elif mime == "text/csv":
+                columns, n = inv.csv_columns(raw, signature)
+            else:
+                columns, n = inv.parquet_columns(raw, max_rows)
+            canonical = inv.validate(columns, n, signature, max_rows=max_rows)
+        except inv.InvocationError as exc:
+            note(request, error=exc.error_code, model_name=model.name)
+            return mlflow_error(exc.status, exc.error_code, str(exc), exc.problems, headers=headers)
+        if n <= INLINE_MAX_ROWS:
+            proba = scoring.predict_columns(model, canonical, n)
+        else:
+            proba = await run_in_threadpool(scoring.predict_columns, model, canonical, n)
+        obs.scored("/invocations", model.version, proba)
+        note(request, model_name=model.name, rows=n)
+        return Response(_DUMPS({"predictions": proba.tolist()}), media_type="application/json", headers=headers)
+
+    return r
