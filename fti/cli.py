@@ -139,6 +139,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(host=args.host, port=args.port)
 
 
+def _progress(line: str) -> None:
+    print(f"predict-batch: {line}", file=sys.stderr, flush=True)
+
+
+def cmd_predict_batch(args: argparse.Namespace) -> int:
+    from inference_service.batch import BatchError, BatchSettings, ModelLoadError, run
+
+    try:
+        result = run(_spec(args.spec), BatchSettings(), feature_version=args.feature_version, model=args.model,
+                     replace=args.replace, progress=_progress)
+    except (BatchError, ModelLoadError) as exc:
+        print(f"fti: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print(result.as_dict())
+    else:
+        print(result.summary())
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     from inference_service.config import Settings
     from inference_service.lineage import PredictionNotFound, build
@@ -252,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.set_defaults(func=cmd_serve)
+
+    pb = sub.add_parser("predict-batch", help="score a whole feature version into fti_batch_predictions "
+                                              "(one transaction; a rerun reports the existing batch)")
+    pb.add_argument("--spec", required=True)
+    pb.add_argument("--feature-version", type=int, help="default: the latest committed version")
+    pb.add_argument("--model", metavar="NAME@ALIAS|NAME/VERSION",
+                    help="default: <spec model.name>@$FTI_MODEL_ALIAS (champion)")
+    pb.add_argument("--replace", action="store_true",
+                    help="delete and rewrite an existing batch for this feature and model version (atomically)")
+    pb.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pb.set_defaults(func=cmd_predict_batch)
 
     lin = sub.add_parser("lineage", help="a logged prediction's lineage chain, recomputed")
     lin.add_argument("prediction_id")

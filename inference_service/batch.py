@@ -39,7 +39,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,6 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from inference_service.config import Settings
 from inference_service.model_loader import LoadedModel, MlflowLoader, ModelLoadError
-from inference_service.scoring import predict_proba
 from shared import batch_table as bt
 from shared import feature_table as ft
 from shared.db import IMMEDIATE, make_engine, redact
@@ -166,6 +165,8 @@ def verify_certificate(model: LoadedModel, spec: DatasetSpec) -> str:
     if list(cert.get("classes") or []) != model.classes:
         raise BatchError(f"refusing {what}: its parity certificate names classes {cert.get('classes')}, the "
                          f"model predicts {model.classes}; retrain it (`fti train`)")
+    from inference_service.scoring import predict_proba  # sklearn: imported only when a model is scored
+
     expected = np.asarray(cert.get("expected") or [], dtype=np.float64)
     got = predict_proba(model, certificate_inputs(cert, spec))
     if got.shape != expected.shape:
@@ -190,7 +191,6 @@ class BatchResult:
     seconds: float
     concurrent: bool = False  # "exists" because another run wrote it while this one waited
     certificate: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         i = self.info
@@ -311,8 +311,10 @@ class _Job:
     def _write(self, conn: Connection, *, replace: bool, waited: bool) -> tuple[str, bt.BatchInfo, bool]:
         spec, info, model = self.spec, self.info, self.model
         existing = bt.find_batch(conn, spec.name, info.version, model.name, model.version)
-        if existing is not None and not replace:
-            return "exists", existing, waited
+        # Committed after this run started: another run wrote it meanwhile (even --replace keeps that one).
+        concurrent = existing is not None and existing.created_at >= self.started_at
+        if existing is not None and (not replace or concurrent):
+            return "exists", existing, waited or concurrent
         if existing is not None:
             conn.execute(delete(bt.batch_predictions).where(bt.batch_predictions.c.batch_id == existing.batch_id))
             conn.execute(delete(bt.prediction_batches).where(bt.prediction_batches.c.batch_id == existing.batch_id))
@@ -337,6 +339,8 @@ class _Job:
         return ("replaced" if existing is not None else "written"), bt.BatchInfo(**{**manifest, **final}), False
 
     def _score_and_insert(self, conn: Connection) -> tuple[int, str, dict[str, float]]:
+        from inference_service.scoring import predict_proba
+
         spec, info = self.spec, self.info
         t = ft.feature_rows
         # Rows stream in record-id order in Python's sense (byte order of UTF-8), so both checksums
