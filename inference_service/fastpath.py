@@ -96,8 +96,18 @@ class FastPath:
     # ------------------------------------------------------------------ compute
 
     def matrix(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
-        """The estimator's input matrix (what the pipeline's preprocessing produces)."""
-        X = np.zeros((n, self.n_out), dtype=np.float64)
+        """The estimator's input matrix (what the pipeline's preprocessing produces).
+
+        Column-major, as pandas hands a ColumnTransformer's DataFrame output to the
+        estimator: BLAS-based estimators (LogisticRegression) round differently on a
+        row-major copy of the same numbers.
+        """
+        X = np.zeros((n, self.n_out), dtype=np.float64, order="F")
+        with np.errstate(over="ignore", invalid="ignore"):  # as sklearn: huge inputs may scale to +-inf
+            self._fill(X, columns, n)
+        return X
+
+    def _fill(self, X: np.ndarray, columns: dict[str, np.ndarray], n: int) -> None:
         for block in self.blocks:
             if isinstance(block, _NumericBlock):
                 A = canonical_floats(np.vstack([columns[name] for name in block.columns]).T)
@@ -116,7 +126,6 @@ class FastPath:
                         k = mapping.get(value)
                         if k is not None:
                             X[r, k] = 1.0
-        return X
 
     def predict_proba(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
         X = self.matrix(columns, n)
