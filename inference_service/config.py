@@ -34,6 +34,9 @@ class Settings(MlflowSettings):
                                                 "its registry tags change")
     allow_env_mismatch: bool = Field(default=False, description="serve a model trained with other "
                                      "prediction-relevant package versions (logged loudly)")
+    start_from_cache: bool = Field(default=True, description="FTI_START_FROM_CACHE: at start, serve the version "
+                                   "this model cache served last (after every check) while the registry is asked "
+                                   "whether the alias still points there; false: wait for the registry")
     fast_path: bool = Field(default=True, description="FTI_FAST_PATH: score through the numpy fast path compiled "
                             "from the fitted pipeline, used only after it is proven bit-identical at load")
     fast_path_tree_rows: int = Field(default=32, ge=0, le=100_000, description="batches up to this many rows walk "

@@ -49,6 +49,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     verdict: dict[str, Any] | None = None  # this process's check of ``certificate``, set before it is served
     scorer: Any = None  # inference_service.scoring.Scorer: the fast path if proven equal, else the pipeline
+    alias_confirmed: bool = True  # False: loaded from the cache's record of the alias, registry not asked yet
 
     @property
     def trained_feature_version(self) -> int | None:
@@ -89,6 +90,8 @@ def model_input_columns(pipeline: Any) -> list[str]:
 
 class MlflowLoader:
     """Loads ``models:/<name>@<alias>`` through an on-disk cache keyed by version."""
+
+    defers_fast_path = True  # load(..., prepare_fast=False): the caller verifies the fast path later
 
     def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path, *, allow_env_mismatch: bool = False,
                  fast_path: bool = True, fast_path_tree_rows: int = 32):
@@ -133,40 +136,93 @@ class MlflowLoader:
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
 
-    def load(self, spec: DatasetSpec, name: str, alias: str) -> LoadedModel:
+    def load(self, spec: DatasetSpec, name: str, alias: str, *, prepare_fast: bool = True) -> LoadedModel:
         import mlflow
 
         mlflow.set_registry_uri(self.registry_uri)
         mv = self.resolve(name, alias)
-        return self.load_version(spec, name, str(mv.version), alias=alias, model_version=mv)
+        return self.load_version(spec, name, str(mv.version), alias=alias, model_version=mv,
+                                 prepare_fast=prepare_fast)
 
     def load_version(self, spec: DatasetSpec, name: str, version: str, *, alias: str = "",
-                     model_version: Any = None) -> LoadedModel:
+                     model_version: Any = None, prepare_fast: bool = True) -> LoadedModel:
         t0 = time.perf_counter()
         mv = model_version or _client(self.tracking_uri, self.registry_uri).get_model_version(name, version)
         model_dir = self.fetch(name, str(mv.version))
         tags = dict(mv.tags or {})
+        return self.load_dir(spec, model_dir, name, str(mv.version), alias=alias, tags=tags,
+                             run_id=str(mv.run_id or tags.get("fti.run_id", "")), t0=t0, prepare_fast=prepare_fast)
+
+    def load_dir(self, spec: DatasetSpec, model_dir: Path, name: str, version: str, *, alias: str,
+                 tags: dict[str, str], run_id: str, t0: float, alias_confirmed: bool = True,
+                 prepare_fast: bool = True) -> LoadedModel:
+        """Every check, on a model already on disk (no registry call, no mlflow import)."""
         environment = _read_json(model_dir / "extra_files" / "environment.json")
-        overridden = self.check_environment(name, str(mv.version), environment, spec)
+        overridden = self.check_environment(name, version, environment, spec)
         certificate = _read_json(model_dir / "extra_files" / CERTIFICATE_FILE)
         if certificate is None:
-            raise ModelLoadError(f"{name} version {mv.version} has no parity certificate "
+            raise ModelLoadError(f"{name} version {version} has no parity certificate "
                                  f"({CERTIFICATE_FILE}); retrain it with this fti version")
         pipeline = load_skops_model(model_dir)
         features = model_input_columns(pipeline)
-        check_contract(spec, name, str(mv.version), tags, features)
+        check_contract(spec, name, version, tags, features)
         from inference_service import scoring
 
-        scorer = scoring.prepare(pipeline, features, certificate, enabled=self.fast_path,
-                                 tree_max_rows=self.fast_path_tree_rows)
-        loaded = LoadedModel(pipeline=pipeline, name=name, version=str(mv.version), alias=alias,
-                             run_id=str(mv.run_id or tags.get("fti.run_id", "")), tags=tags, features=features,
+        scorer = self.prepare_scorer(pipeline, features, certificate) if prepare_fast else \
+            scoring.plain_scorer(pipeline, features, "fast path not verified yet" if self.fast_path
+                                 else "fast path disabled (FTI_FAST_PATH=false)")
+        loaded = LoadedModel(pipeline=pipeline, name=name, version=version, alias=alias, run_id=run_id, tags=tags,
+                             features=features,
                              classes=[c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
                              certificate=certificate, environment=environment, env_overridden=overridden,
-                             load_seconds=time.perf_counter() - t0, scorer=scorer)
+                             load_seconds=time.perf_counter() - t0, scorer=scorer, alias_confirmed=alias_confirmed)
         log.info("loaded %s version %s (%s) in %.2fs", name, loaded.version, alias or "by version",
                  loaded.load_seconds)
         return loaded
+
+    def prepare_scorer(self, pipeline: Any, features: list[str], certificate: dict[str, Any] | None) -> Any:
+        from inference_service import scoring
+
+        return scoring.prepare(pipeline, features, certificate, enabled=self.fast_path,
+                               tree_max_rows=self.fast_path_tree_rows)
+
+    # ------------------------------------------------------------------ last served version
+
+    def _pointer(self, name: str, alias: str) -> Path:
+        return self.cache_dir / name / f"@{alias}.json"
+
+    def remember(self, model: LoadedModel) -> None:
+        """Record which version ``name@alias`` resolved to, with its registry tags, next to the cached files:
+        the next start can serve it before the registry answers (:meth:`load_cached`)."""
+        if not model.alias:
+            return
+        path = self._pointer(model.name, model.alias)
+        data = {"model_name": model.name, "alias": model.alias, "version": model.version, "run_id": model.run_id,
+                "tags": model.tags, "resolved_at": time.time()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{time.time_ns()}")
+            tmp.write_text(json.dumps(data, sort_keys=True))
+            tmp.replace(path)
+        except OSError as exc:  # a read-only cache only costs the fast start
+            log.warning("cannot record the served version in %s: %s", path, exc)
+
+    def load_cached(self, spec: DatasetSpec, name: str, alias: str, *, prepare_fast: bool = True
+                    ) -> LoadedModel | None:
+        """The version this cache last served for ``name@alias``, with every check, or None if there is none.
+
+        Its ``alias_confirmed`` is False until the registry confirms the alias still points there."""
+        t0 = time.perf_counter()
+        info = _read_json(self._pointer(name, alias))
+        if not info or not isinstance(info.get("tags"), dict):
+            return None
+        version = str(info.get("version", ""))
+        model_dir = self.cache_dir / name / version
+        if not version or not (model_dir / "MLmodel").is_file():
+            return None
+        return self.load_dir(spec, model_dir, name, version, alias=alias, tags=dict(info["tags"]),
+                             run_id=str(info.get("run_id", "")), t0=t0, alias_confirmed=False,
+                             prepare_fast=prepare_fast)
 
     def check_environment(self, name: str, version: str, recorded: dict[str, Any] | None,
                           spec: DatasetSpec) -> list[str]:

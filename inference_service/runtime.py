@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ class Runtime:
     reload: ReloadState = field(init=False)
 
     def __post_init__(self) -> None:
+        self._swap = threading.Lock()  # read-modify-write of ``model`` (confirm, fast-path upgrade) stays whole
         self.reload = ReloadState(self.settings.reload_interval_seconds, self.settings.reload_refused_retry_seconds)
 
     @property
@@ -94,8 +96,19 @@ class Runtime:
         if seconds is not None:
             self.obs.load_seconds.set(seconds)
 
-    def load_once(self) -> LoadedModel:
-        model = self.loader.load(self.spec.spec, self.model_name, self.settings.model_alias)
+    def load_once(self, *, cached: bool = False) -> LoadedModel | None:
+        """Load, check and certify the alias's model; with ``cached``, the version this cache served last
+        (None if there is none) -- served before the registry confirms the alias (``alias_confirmed``)."""
+        # The fast path is verified after the model serves (upgrade_scorer): ready does not wait for it.
+        kw = {"prepare_fast": False} if getattr(self.loader, "defers_fast_path", False) else {}
+        if cached:
+            load_cached = getattr(self.loader, "load_cached", None)
+            model = load_cached(self.spec.spec, self.model_name, self.settings.model_alias, **kw) \
+                if load_cached else None
+            if model is None:
+                return None
+        else:
+            model = self.loader.load(self.spec.spec, self.model_name, self.settings.model_alias, **kw)
         verdict = self.certify(model)
         if not verdict.passed:
             self.rejected = {"model_name": model.name, "model_version": model.version,
@@ -107,7 +120,18 @@ class Runtime:
         self.rejected = None
         self.last_error = None
         log.info("%s version %s: %s", model.name, model.version, verdict.summary())
+        if model.alias_confirmed:
+            self._remember(model)
+        else:
+            log.info("serving %s version %s from the local cache (what %s@%s pointed at when last served); "
+                     "confirming the alias with the registry now", model.name, model.version, model.name,
+                     model.alias)
         return model
+
+    def _remember(self, model: LoadedModel) -> None:
+        remember = getattr(self.loader, "remember", None)
+        if remember is not None:
+            remember(model)
 
     def certify(self, model: LoadedModel) -> certmod.Verdict:
         """Run the model's parity certificate through this process's online path."""
@@ -124,6 +148,17 @@ class Runtime:
     async def load_until_ready(self) -> None:
         delay = self.settings.load_retry_seconds
         tries = 0
+        if self.settings.start_from_cache:
+            try:
+                if not self.store_ready:
+                    await asyncio.to_thread(self.prepare_store)
+                model = await asyncio.to_thread(self.load_once, cached=True)
+                if model is not None:
+                    self._count_load("initial", "loaded", model.load_seconds)
+                    return
+            except Exception as exc:  # noqa: BLE001 - the cache is a shortcut: fall back to the registry
+                log.warning("cannot serve from the local cache (%s); loading from the registry",
+                            _reason(exc))
         while self.model is None:
             tries += 1
             try:
@@ -146,7 +181,45 @@ class Runtime:
     async def run(self) -> None:
         """The service's background task: load the first model, then watch the alias."""
         await self.load_until_ready()
-        await self.watch_alias()
+        upgrade = asyncio.create_task(asyncio.to_thread(self.upgrade_scorer), name="fast-path-verification")
+        try:
+            await self.confirm_alias()
+            await self.watch_alias()
+        finally:
+            upgrade.cancel()
+
+    def upgrade_scorer(self) -> None:
+        """Verify the served model's fast path (blocking: a worker thread) and switch to it if proven equal.
+
+        Requests meanwhile are scored by the fitted pipeline; the switch is one assignment of
+        ``Runtime.model``, and only if that model is still the one served (a reload may have won)."""
+        served = self.model
+        if served is None or served.scorer is None or served.scorer.fast is not None:
+            return
+        prepare = getattr(self.loader, "prepare_scorer", None)
+        if prepare is None or "not verified yet" not in str(served.scorer.status.get("reason", "")):
+            return
+        scorer = prepare(served.pipeline, served.features, served.certificate)
+        with self._swap:
+            current = self.model
+            if current is None or current.version != served.version or current.pipeline is not served.pipeline:
+                return
+            self.model = dataclasses.replace(current, scorer=scorer)
+            log.info("%s version %s now scored by the %s", served.name, served.version,
+                     "verified fast path" if scorer.fast is not None else "sklearn pipeline (fast path refused)")
+
+    async def confirm_alias(self) -> None:
+        """A model served from the cache: ask the registry at once (and until it answers) whether the alias
+        still points at it; if it moved, the new version is loaded and checked like any hot reload."""
+        delay = self.settings.load_retry_seconds
+        while self.model is not None and not self.model.alias_confirmed:
+            outcome = await asyncio.to_thread(self.check_alias)
+            if self.obs is not None:
+                self.obs.reload_checks.labels(outcome).inc()
+            if self.model is not None and self.model.alias_confirmed:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
 
     async def watch_alias(self) -> None:
         interval = self.settings.reload_interval_seconds
@@ -188,6 +261,14 @@ class Runtime:
         if state.last_outcome == "registry_error":
             log.info("hot reload: %s@%s resolves again (version %s)", name, alias, version)
         if version == served.version:
+            if not served.alias_confirmed:
+                with self._swap:
+                    current = self.model
+                    if current is not None and current.version == version:
+                        self.model = dataclasses.replace(current, alias_confirmed=True,
+                                                         tags=dict(mv.tags or current.tags))
+                        self._remember(self.model)
+                log.info("%s@%s confirmed: the registry still points at version %s", name, alias, version)
             return state.outcome("unchanged", now, alias_version=version)
         tags = tags_key(getattr(mv, "tags", None))
         waiting = state.waiting(version, tags, now)
@@ -210,7 +291,9 @@ class Runtime:
                                  f"{name} version {version}: {verdict.summary()}", tags, now,
                                  certificate=verdict.as_dict())
         candidate = dataclasses.replace(candidate, verdict=verdict.as_dict())
-        self.model = candidate  # the swap: requests that already hold ``served`` finish with it
+        with self._swap:
+            self.model = candidate  # the swap: requests that already hold ``served`` finish with it
+        self._remember(candidate)
         seconds = time.perf_counter() - t0
         state.swapped(name, served.version, version, time.time(), seconds, verdict.summary())
         log.info("hot reload: now serving %s version %s (was %s; loaded and checked in %.2fs; %s)", name,

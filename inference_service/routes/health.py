@@ -28,7 +28,7 @@ def ready(runtime: RuntimeDep) -> JSONResponse:
                              "prediction_log": plog, "reload": runtime.reload.as_dict(None)},
                             status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version, "alias": m.alias,
-                         "prediction_log": plog, "reload": runtime.reload.as_dict(m.version)})
+                         "alias_confirmed": m.alias_confirmed, "scorer": _scorer(m), "prediction_log": plog, "reload": runtime.reload.as_dict(m.version)})
 
 
 @router.get("/model", summary="The served model version, its lineage and the hot-reload state",
@@ -39,10 +39,16 @@ def model(runtime: RuntimeDep) -> Any:
         return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "rejected": runtime.rejected,
                              "reload": runtime.reload.as_dict(None)}, status_code=503, headers={"Retry-After": "5"})
     return {
-        "model_name": model.name, "model_version": model.version, "alias": model.alias, "run_id": model.run_id,
+        "model_name": model.name, "model_version": model.version, "alias": model.alias,
+        "alias_confirmed": model.alias_confirmed, "scorer": model.scorer.status if model.scorer else None,
+        "run_id": model.run_id,
         "features": model.features, "classes": [str(c) for c in model.classes],
         "spec": {"name": runtime.spec.spec.name, "hash": runtime.spec.hash, "feature_hash": runtime.spec.spec.feature_hash},
         "lineage": model.lineage(), "shared_version": shared_version, "load_seconds": round(model.load_seconds, 3),
         "certificate": model.verdict, "environment_overridden": model.env_overridden,
         "reload": runtime.reload.as_dict(model.version),
     }
+
+
+def _scorer(model: Any) -> str:
+    return model.scorer.status.get("mode", "pipeline") if model.scorer is not None else "pipeline"

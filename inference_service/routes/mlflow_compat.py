@@ -140,10 +140,16 @@ def build_router(signature: inv.Signature, obs: Observability, *, max_rows: int)
         except inv.InvocationError as exc:
             note(request, error=exc.error_code, model_name=model.name)
             return mlflow_error(exc.status, exc.error_code, str(exc), exc.problems, headers=headers)
-        if n <= INLINE_MAX_ROWS:
-            proba = scoring.predict_columns(model, canonical, n)
-        else:
-            proba = await run_in_threadpool(scoring.predict_columns, model, canonical, n)
+        try:
+            if n <= INLINE_MAX_ROWS:
+                proba = scoring.predict_columns(model, canonical, n)
+            else:
+                proba = await run_in_threadpool(scoring.predict_columns, model, canonical, n)
+        except ValueError as exc:  # e.g. values that overflow to infinity once scaled (LogisticRegression)
+            log.warning("model refused the input (request %s): %s", request.state.request_id, str(exc)[:300])
+            note(request, error="model_refused_input", model_name=model.name)
+            return mlflow_error(400, "INVALID_PARAMETER_VALUE", f"the model cannot score these rows: "
+                                f"{str(exc).splitlines()[0][:200]}", headers=headers)
         obs.scored("/invocations", model.version, proba)
         note(request, model_name=model.name, rows=n)
         return Response(_DUMPS({"predictions": proba.tolist()}), media_type="application/json", headers=headers)

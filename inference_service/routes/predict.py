@@ -115,6 +115,10 @@ def build_router(request_schema: dict[str, Any], obs: Observability) -> APIRoute
         except RawDataError as exc:
             return error_response(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
                                   [p.as_dict() for p in exc.problems])
+        except ValueError as exc:  # the model refused the computed features (e.g. overflow once scaled)
+            log.warning("model refused the input (request %s): %s", request_id, str(exc)[:300])
+            return error_response(400, "model_refused_input", "the model cannot score these records: "
+                                  f"{str(exc).splitlines()[0][:200]}")
         except FeatureStoreError as exc:
             log.error("feature store unavailable (request %s): %s", request_id, exc)
             return error_response(503, "feature_store_unavailable", "history features cannot be read right now",
