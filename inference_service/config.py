@@ -39,7 +39,7 @@ class Settings(MlflowSettings):
                                    "whether the alias still points there; false: wait for the registry")
     fast_path: bool = Field(default=True, description="FTI_FAST_PATH: score through the numpy fast path compiled "
                             "from the fitted pipeline, used only after it is proven bit-identical at load")
-    fast_path_tree_rows: int = Field(default=32, ge=0, le=100_000, description="batches up to this many rows walk "
+    fast_path_tree_rows: int = Field(default=128, ge=0, le=100_000, description="batches up to this many rows walk "
                                      "all HistGradientBoosting trees at once; larger ones call the estimator")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
     prediction_log: bool = Field(default=True, description="FTI_PREDICTION_LOG: record every prediction in "

@@ -140,7 +140,7 @@ class FastPath:
 # ---------------------------------------------------------------------- compile
 
 
-def compile_pipeline(pipeline: Any, *, tree_max_rows: int = 64) -> FastPath:
+def compile_pipeline(pipeline: Any, *, tree_max_rows: int = 128) -> FastPath:
     """Compile a fitted ``Pipeline([ModelInputCaster, ColumnTransformer, classifier])``.
 
     Raises :class:`Unsupported` (with the reason) for anything else.

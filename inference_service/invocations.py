@@ -31,7 +31,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,14 +74,12 @@ class Signature:
     """The model's input columns with the spec's constraints, in order."""
 
     columns: tuple[Column, ...]
+    names: list[str] = field(init=False)
+    name_set: frozenset[str] = field(init=False)
 
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    @property
-    def name_set(self) -> frozenset[str]:
-        return frozenset(c.name for c in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", [c.name for c in self.columns])
+        object.__setattr__(self, "name_set", frozenset(self.names))
 
     @classmethod
     def from_spec(cls, spec: DatasetSpec) -> Signature:
@@ -325,8 +323,7 @@ def validate(columns: dict[str, list[Any]], n: int, signature: Signature, *, max
         raise InvocationError(f"{n} rows; the limit is {max_rows} per request (FTI_MAX_INVOCATION_ROWS)",
                               status=413)
     problems = Problems()
-    wanted = signature.names
-    missing = [c for c in wanted if c not in columns]
+    missing = [c for c in signature.names if c not in columns]
     extra = [c for c in columns if c not in signature.name_set]
     if missing:
         problems.add("missing_column", "column is absent (send null for a missing value): " + ", ".join(missing[:20]))

@@ -94,7 +94,7 @@ class MlflowLoader:
     defers_fast_path = True  # load(..., prepare_fast=False): the caller verifies the fast path later
 
     def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path, *, allow_env_mismatch: bool = False,
-                 fast_path: bool = True, fast_path_tree_rows: int = 32):
+                 fast_path: bool = True, fast_path_tree_rows: int = 128):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.cache_dir = cache_dir

@@ -76,7 +76,7 @@ def plain_scorer(pipeline: Any, features: list[str], reason: str) -> Scorer:
 
 
 def prepare(pipeline: Any, features: list[str], certificate: dict[str, Any] | None, *,
-            enabled: bool = True, tree_max_rows: int = 32) -> Scorer:
+            enabled: bool = True, tree_max_rows: int = 128) -> Scorer:
     """A scorer for this pipeline: the fast path if it is proven equal, otherwise the pipeline."""
     if not enabled:
         return plain_scorer(pipeline, features, "fast path disabled (FTI_FAST_PATH=false)")

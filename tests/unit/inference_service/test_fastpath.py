@@ -221,7 +221,7 @@ def test_a_wrong_tree_is_refused_and_the_pipeline_serves(claims: Fitted, monkeyp
     scorer = scoring.prepare(claims.pipeline, claims.features, None)
     assert scorer.fast is None and scorer.status["mode"] == "pipeline"
     assert scorer.status["reason"] == "verification failed"
-    assert scorer.status["regime"] in ("batches of 32", "one row at a time")  # where the trees serve
+    assert scorer.status["regime"] in ("batches of 128", "one row at a time")  # where the trees serve
     assert np.array_equal(scorer.predict_frame(claims.frame), claims.pipeline.predict_proba(claims.frame))
 
 
