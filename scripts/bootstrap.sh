@@ -9,8 +9,8 @@
 #    into a private venv at $HOME/.cache/fti/uvtool.
 # 2. Exports UV_SYSTEM_CERTS=1 (TLS through the system trust store / proxy CA) and
 #    UV_PYTHON_DOWNLOADS=never (use the machine's python3.11, never download one).
-# 3. Runs `uv sync --frozen --all-extras --python python3.11` in the repo root,
-#    producing .venv exactly as pinned by uv.lock.
+# 3. Runs `uv sync --frozen --all-extras --compile-bytecode --python python3.11` in the repo
+#    root, producing .venv exactly as pinned by uv.lock, with bytecode written once.
 #
 # When sourced, the work runs in a subshell with `set -euo pipefail` so the
 # caller's shell options are untouched; a failure returns non-zero.
@@ -59,8 +59,11 @@ _fti_bootstrap_main() {
         return 1
     fi
 
-    _fti_log "uv sync --frozen --all-extras in $FTI_REPO_ROOT"
-    (cd "$FTI_REPO_ROOT" && "$uv" sync --frozen --all-extras --python python3.11)
+    # --compile-bytecode (and compileall for the repo's own packages): with PYTHONDONTWRITEBYTECODE
+    # set, as on CI machines, every process would otherwise recompile pandas/sklearn/mlflow at start.
+    _fti_log "uv sync --frozen --all-extras --compile-bytecode in $FTI_REPO_ROOT"
+    (cd "$FTI_REPO_ROOT" && "$uv" sync --frozen --all-extras --compile-bytecode --python python3.11 \
+        && .venv/bin/python -m compileall -q -j 0 shared feature_pipeline training_pipeline inference_service fti bench)
     _fti_log "ready: $FTI_REPO_ROOT/.venv ($("$FTI_REPO_ROOT/.venv/bin/python" --version 2>&1))"
 }
 
