@@ -218,6 +218,22 @@ def test_probes(project: Project) -> None:
     assert r.headers["X-Model-Name"] == project.name and r.headers["X-Model-Version"] == "1"
 
 
+def test_fast_path_verified_at_load(project: Project) -> None:
+    """The served model's fast path was compared with its pipeline in this process before it scored."""
+    deadline = time.monotonic() + 60
+    while True:
+        scorer = httpx.get(project.fti.url + "/model").json()["scorer"]
+        if scorer.get("mode") == "fast" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert scorer["mode"] == "fast" and scorer["passed"], scorer
+    assert scorer["trees_compiled"] and scorer["tree_max_rows"] == 128
+    assert scorer["certificate_rows"] == 64 and scorer["rows"] >= 64 + 512
+    assert scorer["regimes"] == ["one large batch", "batches of 128", "one row at a time"]
+    metrics = httpx.get(project.fti.url + "/metrics").text
+    assert f'fti_model_info{{model_name="{project.name}",model_version="1",scorer="fast"}} 1.0' in metrics
+
+
 def _bad_requests(project: Project) -> list[tuple[str, str, bytes, bool]]:
     """(what, content type, body, MLflow silently accepts it). fti must refuse every one with a 4xx."""
     cols = project.features
