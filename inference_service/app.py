@@ -64,12 +64,16 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                           prediction_log=writer, obs=obs)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload
+        flusher = asyncio.create_task(obs.flush_access_log_periodically(), name="access-log")
         try:
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            flusher.cancel()
+            for t in (task, flusher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            obs.flush_access_log()
             if writer is not None:  # after uvicorn's graceful wait (10 s): fits a 30 s termination grace period
                 await asyncio.to_thread(writer.close, 15.0)
             engine.dispose()
@@ -82,12 +86,16 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     obs = Observability(lambda: getattr(app.state, "runtime", None))
     app.state.obs = obs
     errors.install(app)
-    app.include_router(health.router)
+    # Routes are matched in order: the scoring endpoints first, so the hot path matches at once.
+    signature = Signature.from_spec(spec)
+    app.include_router(mlflow_compat.build_router(signature, obs, max_rows=settings.max_invocation_rows))
     app.include_router(build_router(predict_request_schema(spec, settings.max_batch_rows), obs))
-    app.include_router(mlflow_compat.build_router(Signature.from_spec(spec), obs,
-                                                  max_rows=settings.max_invocation_rows))
+    app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(metrics.build_router(obs))
     app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log,
-                       log_bodies=settings.log_request_bodies)
+                       log_bodies=settings.log_request_bodies, json_lines=settings.log_format == "json",
+                       fast_lane=mlflow_compat.FastLane(lambda: app.state.runtime, signature, obs,
+                                                        max_rows=settings.max_invocation_rows,
+                                                        max_body_bytes=settings.max_body_bytes))
     return app

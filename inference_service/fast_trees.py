@@ -47,10 +47,21 @@ class CompiledTrees:
     baseline: np.ndarray  # (1, n_classes_out)
     loss: Any
     n_features: int
+    max_depth: int  # deepest leaf: pointer-following steps that reach every leaf
+    _twice: np.ndarray  # 2 * node index, for ``child``
 
     def _go_right(self, x: np.ndarray, node: np.ndarray | slice) -> np.ndarray:
         """sklearn's split rule: NaN follows ``missing_go_to_left``, else ``x <= threshold`` goes left."""
         return (x > self.threshold[node]) | (np.isnan(x) & self.missing_right[node])
+
+    def _leaves_one_row(self, x: np.ndarray) -> np.ndarray:
+        """One row: decide every node of every tree at once (a few vector operations over all nodes),
+        then follow the pointers level by level -- no per-level bookkeeping of who is still inside."""
+        nxt = self.child[self._twice + self._go_right(x[self.feature], slice(None))]
+        node = self.roots
+        for _ in range(self.max_depth):
+            node = nxt[node]
+        return self.value[node].reshape(-1, 1)
 
     def _leaves_walk(self, X: np.ndarray) -> np.ndarray:
         """Walk all (tree, row) pairs level by level, only those not at a leaf yet."""
@@ -70,7 +81,8 @@ class CompiledTrees:
 
     def raw_predict(self, X: np.ndarray) -> np.ndarray:
         n = X.shape[0]
-        leaves = self._leaves_walk(X).reshape(len(self.roots) // self.n_classes_out, self.n_classes_out, n)
+        values = self._leaves_one_row(X[0]) if n == 1 else self._leaves_walk(X)
+        leaves = values.reshape(len(self.roots) // self.n_classes_out, self.n_classes_out, n)
         raw = np.empty((n, self.n_classes_out), dtype=np.float64, order="F")
         for k in range(self.n_classes_out):
             stacked = np.empty((leaves.shape[0] + 1, n), dtype=np.float64)
@@ -125,5 +137,6 @@ def compile_estimator(estimator: Any) -> CompiledTrees:
         threshold=nodes["num_threshold"].astype(np.float64),
         missing_right=~nodes["missing_go_to_left"].astype(bool),
         child=child, is_leaf=is_leaf, value=nodes["value"].astype(np.float64),
+        max_depth=int(nodes["depth"].max()), _twice=2 * idx,
         n_classes_out=k, baseline=baseline, loss=loss, n_features=int(estimator.n_features_in_),
     )
