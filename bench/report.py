@@ -211,6 +211,9 @@ def render(results: dict[str, Any], *, json_path: Path, md_path: Path) -> str:
               "servers and the set-up commands), so restarts do not recompile the libraries when the venv has "
               "no `.pyc` files or `PYTHONDONTWRITEBYTECODE` is set.",
               "", "## How to reproduce", "", REPRODUCE, ""]
+    analysis = Path(__file__).with_name("analysis.md")
+    if analysis.is_file():  # hand-written: where the time goes, and the cause of every gap
+        lines += [analysis.read_text().rstrip(), ""]
     return "\n".join(lines)
 
 

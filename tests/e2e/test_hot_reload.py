@@ -295,4 +295,6 @@ def test_refused_candidate_leaves_the_old_model_serving_until_it_is_fixed(tmp_pa
         server.stop()
     log = log_path.read_text()
     assert refusals() == 2 and f"hot reload: now serving {NAME} version 2 (was 1" in log
-    assert "ERROR inference_service.runtime: hot reload: refused" in log
+    lines = [json.loads(x) for x in log.splitlines() if x.startswith("{")]  # JSON log lines (FTI_LOG_FORMAT)
+    assert any(x["level"] == "error" and x["logger"] == "inference_service.runtime"
+               and x["message"].startswith("hot reload: refused") for x in lines)
