@@ -64,16 +64,27 @@ class CompiledTrees:
         return self.value[node].reshape(-1, 1)
 
     def _leaves_walk(self, X: np.ndarray) -> np.ndarray:
-        """Walk all (tree, row) pairs level by level, only those not at a leaf yet."""
+        """Walk all (tree, row) pairs level by level, only those not at a leaf yet.
+
+        NaN is read as +inf where the node sends missing values right and as -inf where it sends
+        them left (two copies of the input; ``fs`` picks the copy per node), so ``x > threshold``
+        alone decides every step -- thresholds are finite (checked at compile), and real
+        infinities go the same way in both copies, as in scikit-learn."""
         n, d = X.shape
         T = len(self.roots)
+        size = n * d
+        both = np.empty(2 * size, dtype=np.float64)
+        nan = np.isnan(X).ravel()
         flat = np.ascontiguousarray(X).ravel()
+        both[:size] = np.where(nan, -np.inf, flat)
+        both[size:] = np.where(nan, np.inf, flat)
+        fs = self.feature + self.missing_right * size
         node = np.repeat(self.roots, n)  # tree-major: entry t*n + r is tree t on row r
         offset = np.tile(np.arange(n) * d, T)
         active = np.flatnonzero(~self.is_leaf[node])
         while active.size:
             cur = node[active]
-            right = self._go_right(flat[offset[active] + self.feature[cur]], cur)
+            right = both[offset[active] + fs[cur]] > self.threshold[cur]
             cur = self.child[2 * cur + right]
             node[active] = cur
             active = active[~self.is_leaf[cur]]
@@ -126,6 +137,8 @@ def compile_estimator(estimator: Any) -> CompiledTrees:
     starts = np.repeat(np.asarray(roots, dtype=np.intp), [len(t) for t in tables])
     nodes = np.concatenate(tables)
     is_leaf = nodes["is_leaf"].astype(bool)
+    if not np.isfinite(nodes["num_threshold"][~is_leaf]).all():
+        raise Unsupported("a split threshold is not finite")
     idx = np.arange(len(nodes), dtype=np.intp)
     left = np.where(is_leaf, idx, nodes["left"].astype(np.intp) + starts)
     right = np.where(is_leaf, idx, nodes["right"].astype(np.intp) + starts)
@@ -135,7 +148,7 @@ def compile_estimator(estimator: Any) -> CompiledTrees:
         roots=np.asarray(roots, dtype=np.intp),
         feature=np.where(is_leaf, 0, nodes["feature_idx"]).astype(np.intp),
         threshold=nodes["num_threshold"].astype(np.float64),
-        missing_right=~nodes["missing_go_to_left"].astype(bool),
+        missing_right=~nodes["missing_go_to_left"].astype(bool),  # as 0/1 it also selects the +inf copy
         child=child, is_leaf=is_leaf, value=nodes["value"].astype(np.float64),
         max_depth=int(nodes["depth"].max()), _twice=2 * idx,
         n_classes_out=k, baseline=baseline, loss=loss, n_features=int(estimator.n_features_in_),
