@@ -297,11 +297,12 @@ class Runtime:
                                  f"{name} version {version}: {verdict.summary()}", tags, now,
                                  certificate=verdict.as_dict())
         candidate = dataclasses.replace(candidate, verdict=verdict.as_dict())
+        seconds = time.perf_counter() - t0
+        # Recorded before the swap: whoever sees the new version also sees the reload that brought it.
+        state.swapped(name, served.version, version, time.time(), seconds, verdict.summary())
         with self._swap:
             self.model = candidate  # the swap: requests that already hold ``served`` finish with it
         self._remember(candidate)
-        seconds = time.perf_counter() - t0
-        state.swapped(name, served.version, version, time.time(), seconds, verdict.summary())
         log.info("hot reload: now serving %s version %s (was %s; loaded and checked in %.2fs; %s)", name,
                  version, served.version, seconds, verdict.summary())
         _freeze_heap()  # the new model's objects; the old model's frozen objects stay (a small, bounded leak)

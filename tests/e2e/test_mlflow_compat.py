@@ -116,9 +116,22 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Any:
             rows[col] = rows[col].astype("float64")
         else:
             rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
-    model = mlflow.sklearn.load_model(f"models:/{name}/1")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:  # MLflow keeps both URIs in process globals and os.environ: restore them for later modules
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(tracking)
+        model = mlflow.sklearn.load_model(f"models:/{name}/1")
+    finally:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     expected = model.predict_proba(rows)
     fti = Server(spec_path, env, root / "fti.log")
     try:
@@ -375,9 +388,13 @@ def test_logs_are_json_with_ids_and_without_bodies(project: Project) -> None:
     assert MARKER not in project.fti.log_path.read_text()
 
 
-def test_hot_reload_moves_the_reload_metrics(project: Project) -> None:
+def test_hot_reload_moves_the_reload_metrics(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs last: registers a copy of version 1 as version 2 and moves the alias to it."""
     from mlflow import MlflowClient
+
+    # the version's source (models:/m-...) resolves through the environment's tracking store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", project.tracking_uri)
 
     client = MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
     v1 = client.get_model_version(project.name, "1")
@@ -385,12 +402,13 @@ def test_hot_reload_moves_the_reload_metrics(project: Project) -> None:
     before = _scrape(project.fti.url)
     client.set_registered_model_alias(project.name, "champion", v2.version)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if httpx.get(project.fti.url + "/ping").status_code == 200 and \
-                httpx.get(project.fti.url + "/version").headers.get("X-Model-Version") == v2.version:
+    while time.monotonic() < deadline:  # the counters move right after the swap, from the poll's own task
+        after = _scrape(project.fti.url)
+        if _total(after, "fti_model_reload_checks_total", outcome="reloaded") > \
+                _total(before, "fti_model_reload_checks_total", outcome="reloaded"):
             break
         time.sleep(0.5)
-    after = _scrape(project.fti.url)
+    assert httpx.get(project.fti.url + "/version").headers.get("X-Model-Version") == str(v2.version)
     assert _total(after, "fti_model_reload_checks_total", outcome="reloaded") \
         - _total(before, "fti_model_reload_checks_total", outcome="reloaded") == 1
     assert _total(after, "fti_model_loads_total", kind="reload", outcome="loaded") >= 1
