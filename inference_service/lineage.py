@@ -81,7 +81,9 @@ def spec_from_run(loader: Any, run_id: str, folder: Path) -> LoadedSpec:
 
 def recompute(logged: LoggedPrediction, spec: LoadedSpec, engine: Engine, model: LoadedModel) -> dict[str, Any]:
     """Run the logged inputs through the online path again; exact comparison with the logged outputs."""
-    feats = certificate_features([logged.inputs], spec.spec, engine, logged.feature_version)  # type: ignore[arg-type]
+    # Recomputed as it was served: a live request saw the whole feature version (no known-by replay).
+    feats = certificate_features([logged.inputs], spec.spec, engine, logged.feature_version,  # type: ignore[arg-type]
+                                 replay=False)
     proba = scoring.predict_proba(model, feats)[0]
     labels = [str(c) for c in model.classes]
     probabilities = dict(zip(labels, proba.tolist(), strict=True))

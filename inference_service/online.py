@@ -42,8 +42,9 @@ def latest_version(engine: Engine, spec: DatasetSpec) -> int | None:
     return ft.get_version(engine, spec.name).version
 
 
-def features_for(records: pd.DataFrame, spec: DatasetSpec, engine: Engine, version: int | None) -> pd.DataFrame:
-    return compute_online(records, history_events(engine, spec, version, records), spec)
+def features_for(records: pd.DataFrame, spec: DatasetSpec, engine: Engine, version: int | None, *,
+                 replay: bool = False) -> pd.DataFrame:
+    return compute_online(records, history_events(engine, spec, version, records), spec, replay=replay)
 
 
 def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any) -> Scored:
@@ -55,9 +56,15 @@ def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any)
     return Scored(records, feats, scoring.predict_proba(model, feats), version)
 
 
-def certificate_features(records: list[Any], spec: DatasetSpec, engine: Engine, version: int) -> pd.DataFrame:
-    """The online path for certificate records: history from the certified feature version."""
+def certificate_features(records: list[Any], spec: DatasetSpec, engine: Engine, version: int, *,
+                         replay: bool = True) -> pd.DataFrame:
+    """The online path for recorded records: history from the given feature version.
+
+    ``replay=True`` (certificate records: rows of the feature table) sees what was
+    known at each record's time, as the feature job did; ``replay=False`` (a logged
+    live prediction) sees the whole version, as the live request did.
+    """
     frame, problems = normalize_records(records, spec)
     if problems:
         raise RawDataError(problems.items, row_label="certificate record", context="parity certificate")
-    return features_for(frame, spec, engine, version if spec.features.history else None)
+    return features_for(frame, spec, engine, version if spec.features.history else None, replay=replay)

@@ -7,6 +7,6 @@ MLflow, so every image can install it and every process computes features the
 same way.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

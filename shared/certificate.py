@@ -80,17 +80,132 @@ def sample(frame: pd.DataFrame, spec: DatasetSpec, n: int, seed: int) -> pd.Data
     return ordered.iloc[idx].reset_index(drop=True)
 
 
+UNSEEN_CATEGORY = "__fti_unseen_category__"
+NEW_ENTITY = "__fti_entity_without_history__"
+LATE_RECORDS = 16
+_US = pd.Timedelta(microseconds=1)
+
+
+def late_arrival_rows(eval_frame: pd.DataFrame, pool: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """Evaluation rows whose history the known-by rule changed: some earlier event arrived after them.
+
+    Recomputed over ``pool`` (the whole feature version) as if everything were known;
+    where a history value differs from the stored one, a late arrival was left out.
+    """
+    from shared.features import history_step
+
+    history = history_step(spec)
+    if history is None or not spec.source.ingestion_time or eval_frame.empty:
+        return eval_frame.iloc[:0]
+    names = [h.name for h in spec.features.history]
+    base = eval_frame.drop(columns=names)
+    history.fit(base)
+    naive = history.transform_with_history(base, pool, None)
+    differs = np.zeros(len(eval_frame), dtype=bool)
+    for n in names:
+        a, b = eval_frame[n].to_numpy(dtype=np.float64), naive[n].to_numpy(dtype=np.float64)
+        differs |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    return eval_frame[differs]
+
+
+def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> list[dict[str, Any]]:
+    """Raw records built from the spec to reach every branch of the shared feature code.
+
+    Starting from real rows: each nullable column missing; each category seen in the
+    data, an unseen one and a blank one (the missing marker); each numeric bound; an
+    entity without history; an event at the same time as a stored one (excluded: strictly
+    before); both sides of each history window's edge. Their expected outputs are what
+    training's own ``shared`` computes, so any change of that code between training and
+    serving that moves a value on any of these branches refuses the model.
+    """
+    if pool.empty:
+        return []
+    ordered = pool.sort_values(spec.record_id, kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    bases = raw_records(ordered.iloc[np.sort(rng.choice(len(ordered), size=min(8, len(ordered)),
+                                                        replace=False))], spec)
+    out: list[dict[str, Any]] = []
+
+    def variant(tag: str, i: int, **changes: Any) -> None:
+        rec = dict(bases[i % len(bases)])
+        rec.update(changes)
+        rec[spec.record_id] = f"__fti_cov_{len(out):04d}_{tag}"
+        out.append(rec)
+
+    names = spec.raw_input_columns
+    keys = {spec.record_id, spec.entity_key, spec.event_time}
+    for j, name in enumerate(c for c in names if c not in keys):
+        col = spec.columns[name]
+        if col.nullable:
+            variant(f"missing_{name}", j, **{name: None})
+        if col.type == ColumnType.CATEGORY:
+            seen = sorted({str(v) for v in ordered[name].dropna().tolist()})[:24]
+            for k, value in enumerate([*seen, UNSEEN_CATEGORY, ""] if col.nullable else [*seen, UNSEEN_CATEGORY]):
+                variant(f"category_{name}_{k}", j + k, **{name: value})
+        if col.type.is_numeric:
+            for bound, value in (("min", col.min), ("max", col.max)):
+                if value is not None:
+                    v = bool(value) if col.type == ColumnType.BOOL else (int(value) if col.type == ColumnType.INT
+                                                                          else float(value))
+                    variant(f"{bound}_{name}", j, **{name: v})
+            if col.type == ColumnType.FLOAT and (col.min is None or col.min <= 0 <= (col.max or math.inf)):
+                variant(f"zero_{name}", j, **{name: 0.0})
+    if spec.entity_key in names:
+        variant("new_entity", 0, **{spec.entity_key: NEW_ENTITY})
+    if spec.event_time and spec.features.history:
+        # Entities with the most events: ties and window edges are then non-trivial.
+        counts = ordered[spec.entity_key].value_counts(sort=True)
+        busy = [e for e in counts.index[:4].tolist() if counts[e] > 1]
+        windows = sorted({float(h.window_days) for h in spec.features.history if h.window_days})
+        for k, entity in enumerate(busy):
+            rows = ordered[ordered[spec.entity_key] == entity].sort_values(spec.event_time, kind="stable")
+            last = rows.iloc[-1]
+            t_last = pd.Timestamp(last[spec.event_time])
+            for tag, t in [("same_time", t_last), ("just_after", t_last + _US)] + [
+                    (f"window_{w:g}d_{side}", t_last + pd.Timedelta(days=w) + d)
+                    for w in windows for side, d in (("edge", pd.Timedelta(0)), ("inside", -_US), ("out", _US))]:
+                variant(f"{tag}_{k}", k, **{spec.entity_key: str(entity), spec.event_time: ft.iso_utc(t)})
+    return out
+
+
 def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.VersionInfo, *,
-          n: int = 64, seed: int = 0) -> dict[str, Any]:
+          n: int = 64, seed: int = 0, pool: pd.DataFrame | None = None) -> dict[str, Any]:
+    """The certificate: seeded evaluation rows, late-arrival rows and records built to cover every branch.
+
+    ``pool`` is the whole feature version (history for late arrivals and coverage records);
+    without it only the evaluation sample is certified.
+    """
     rows = sample(eval_frame, spec, n, seed)
     features = spec.model_features
-    proba = pipeline.predict_proba(rows[features])
+    late = eval_frame.iloc[:0]
+    cov_records: list[dict[str, Any]] = []
+    if pool is not None:
+        late = late_arrival_rows(eval_frame, pool, spec)
+        late = late[~late[spec.record_id].isin(rows[spec.record_id])]
+        late = sample(late, spec, LATE_RECORDS, seed)
+        cov_records = coverage_records(pool, spec, seed)
+    rows = pd.concat([rows, late], ignore_index=True) if len(late) else rows
+    records = raw_records(rows, spec)
+    model_inputs = rows[features]
+    if cov_records:
+        from shared.features import compute_online
+        from shared.raw import RawDataError, normalize_records
+
+        frame, problems = normalize_records(cov_records, spec)
+        if problems:
+            raise RawDataError(problems.items, row_label="coverage record", context="parity certificate")
+        cov = compute_online(frame, pool, spec, replay=True)
+        records = records + cov_records
+        model_inputs = pd.concat([model_inputs, cov[features]], ignore_index=True)
+    proba = pipeline.predict_proba(model_inputs)
     return {
         "format": CERTIFICATE_FORMAT, "dataset": spec.name, "feature_version": info.version,
         "feature_checksum": info.checksum, "model_features": features,
         "classes": [c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
-        "records": raw_records(rows, spec), "features": _json_features(rows, features),
+        "records": records, "features": _json_features(model_inputs, features),
         "expected": np.asarray(proba, dtype=np.float64).tolist(),
+        "coverage": {"sampled": int(len(rows) - len(late)), "late_arrivals": int(len(late)),
+                     "constructed": len(cov_records)},
     }
 
 

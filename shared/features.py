@@ -23,7 +23,8 @@ def history_step(spec: DatasetSpec) -> PointInTimeHistory | None:
     if not spec.features.history:
         return None
     aggs = [h.model_dump(mode="json", exclude_none=True) for h in spec.features.history]
-    return PointInTimeHistory(entity=spec.entity_key, time=spec.event_time, aggregations=aggs)
+    return PointInTimeHistory(entity=spec.entity_key, time=spec.event_time, aggregations=aggs,
+                              known_time=spec.source.ingestion_time)
 
 
 def compute_batch(raw: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
@@ -35,16 +36,24 @@ def compute_batch(raw: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     return frame
 
 
-def compute_online(records: pd.DataFrame, events: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+def compute_online(records: pd.DataFrame, events: pd.DataFrame, spec: DatasetSpec, *,
+                   replay: bool = False) -> pd.DataFrame:
     """Canonical request records + their entities' stored events -> feature frame.
 
     ``events`` are feature-table rows (they already carry the raw columns the
     history aggregates read). Incoming records never see each other as history,
     so a record scores the same alone or inside any batch.
+
+    A live request (``replay=False``) sees every event the feature version
+    holds: the store only holds what is known. A replayed past record
+    (``replay=True``: the parity certificate, a feature-table row re-scored) sees
+    what was known at its own time, exactly as the feature job computed it --
+    events ingested after the record's time are left out (the known-by rule,
+    ``docs/spec.md``).
     """
     frame = derived_step(spec).fit_transform(records)
     history = history_step(spec)
     if history is not None:
         history.fit(frame)
-        frame = history.transform_with_history(frame, events)
+        frame = history.transform_with_history(frame, events, "row_time" if replay else None)
     return frame

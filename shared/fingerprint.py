@@ -36,6 +36,25 @@ def lock_sha256() -> str:
         return "unknown"
 
 
+_SHARED_DIR = Path(shared.__file__).resolve().parent
+
+
+def shared_source_sha256() -> str:
+    """sha256 over every ``.py`` file of the installed ``shared`` package (relative path + bytes).
+
+    ``shared.__version__`` names a release; this names the code. A model is served
+    only by the very code that computed its training features: an edit that keeps the
+    version string (a hot fix, a vendored copy) is refused like a package mismatch.
+    """
+    h = hashlib.sha256()
+    for path in sorted(_SHARED_DIR.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(_SHARED_DIR).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def installed_distributions() -> dict[str, str]:
     out: dict[str, str] = {}
     for dist in metadata.distributions():
@@ -63,6 +82,7 @@ def capture(estimator_class: str | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "shared_version": shared.__version__,
+        "shared_source_sha256": shared_source_sha256(),
         "lock_sha256": lock_sha256(),
         "image": os.environ.get("FTI_IMAGE", ""),
         "image_digest": os.environ.get("FTI_IMAGE_DIGEST", ""),
@@ -91,6 +111,9 @@ def compare_enforced(recorded: dict[str, Any], running: dict[str, Any]) -> list[
             diffs.append(Difference(pkg, a, b))
     if recorded.get("shared_version") != running.get("shared_version"):
         diffs.append(Difference("shared", str(recorded.get("shared_version")), str(running.get("shared_version"))))
+    if recorded.get("shared_source_sha256") != running.get("shared_source_sha256"):
+        diffs.append(Difference("shared source (sha256)", str(recorded.get("shared_source_sha256", "absent")),
+                                str(running.get("shared_source_sha256", "absent"))))
     minor = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
     if minor(recorded.get("python")) != minor(running.get("python")):
         diffs.append(Difference("python", str(recorded.get("python")), str(running.get("python"))))

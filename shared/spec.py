@@ -370,7 +370,8 @@ class DatasetSpec(_Model):
     @property
     def stored_columns(self) -> list[str]:
         """Payload columns of a feature-table row (keys are stored separately)."""
-        keys = {self.record_id, self.entity_key, self.event_time, self.source.ingestion_time}
+        # The ingestion time is stored: replaying a past row's history needs to know what was known then.
+        keys = {self.record_id, self.entity_key, self.event_time}
         raw = [n for n in self.columns if n not in keys]
         return raw + [d.name for d in self.features.derived] + [h.name for h in self.features.history]
 

@@ -179,10 +179,17 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         Each ``{"name", "op", "input"?, "window_days"?}`` with ``op`` one of
         ``count``, ``sum``, ``mean``, ``max``, ``min``, ``days_since_last``.
         ``None`` means one aggregate, ``prior_count``.
+    known_time : str, default=None
+        Ingestion-time column: when each event became known. With it, a row's
+        history holds only events that happened strictly before the row's time
+        *and* were known by then (``known_time <= row time``) -- what a live
+        server at that moment could have seen. ``None``: every earlier event.
 
-    ``transform(X)`` uses X's own rows as the event history (the batch path);
-    :meth:`transform_with_history` takes the history separately (the online
-    path). Events at exactly the row's time are excluded in both.
+    ``transform(X)`` uses X's own rows as the event history (the batch path,
+    each row seen as of its own time); :meth:`transform_with_history` takes the
+    history separately (the online path) and an optional known-at time per row
+    (``None``: everything in ``events`` is known, as for a live request). Events
+    at exactly the row's time are excluded in both.
 
     Examples
     --------
@@ -194,10 +201,11 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, entity: str | None = None, time: str | None = None,
-                 aggregations: list[dict[str, Any]] | None = None):
+                 aggregations: list[dict[str, Any]] | None = None, known_time: str | None = None):
         self.entity = entity
         self.time = time
         self.aggregations = aggregations
+        self.known_time = known_time
 
     def _aggs(self) -> list[dict[str, Any]]:
         aggs = list(self.aggregations) if self.aggregations is not None else [
@@ -212,7 +220,9 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None) -> PointInTimeHistory:
         frame = _check_frame_input(self, X, reset=True)
         cols = set(map(str, frame.columns))
-        for col in (self.entity, self.time):
+        if self.known_time is not None and self.time is None:
+            raise ValueError("known_time needs a time column")
+        for col in (self.entity, self.time, self.known_time):
             if col is not None and col not in cols:
                 raise ValueError(f"column {col!r} is absent from X")
         for a in self._aggs():
@@ -225,21 +235,37 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> pd.DataFrame:
         check_is_fitted(self)
         frame = _check_frame_input(self, X, reset=False)
-        return self._append(frame, frame)
+        known_at = self._keys(frame)[1] if self.known_time else None  # each row as of its own time
+        return self._append(frame, frame, known_at)
 
-    def transform_with_history(self, X: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    def transform_with_history(self, X: pd.DataFrame, events: pd.DataFrame,
+                               known_at: Any = None) -> pd.DataFrame:
         """Aggregate over ``events`` (e.g. rows read from the feature table) for each row of X.
 
         ``events`` must hold, for each entity in X, at least every event before
         that entity's latest time in X; extra later events are ignored.
+        ``known_at`` (one timestamp per row of X, or ``"row_time"`` for each
+        row's own time) replays what was known then: only events whose
+        ``known_time`` is at or before it count. ``None`` counts every event
+        in ``events`` (a live request: the store holds only what is known).
         """
         check_is_fitted(self)
         frame = _check_frame_input(self, X, reset=False)
         needed = [c for c in (self.entity, self.time) if c] + [a["input"] for a in self._aggs() if a.get("input")]
+        if known_at is not None and self.known_time:
+            needed.append(self.known_time)
         missing = sorted({c for c in needed if c not in events.columns})
         if missing:
             raise ValueError(f"history events lack columns {missing}")
-        return self._append(frame, events)
+        k: np.ndarray | None = None
+        if known_at is not None and self.known_time:
+            if isinstance(known_at, str) and known_at == "row_time":
+                k = self._keys(frame)[1]
+            else:
+                k = _epoch_us(pd.Series(known_at).reset_index(drop=True))
+                if len(k) != len(frame):
+                    raise ValueError(f"known_at has {len(k)} values for {len(frame)} rows")
+        return self._append(frame, events, k)
 
     def _keys(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         n = len(frame)
@@ -250,7 +276,7 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
             t = np.arange(n, dtype=np.int64)
         return ent, t
 
-    def _append(self, frame: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    def _append(self, frame: pd.DataFrame, events: pd.DataFrame, known_at: np.ndarray | None) -> pd.DataFrame:
         q_ent, q_t = self._keys(frame)
         e_ent, e_t = self._keys(events)
         aggs = self._aggs()
@@ -259,19 +285,25 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         order = np.lexsort((e_t, e_ent.astype(str)))
         e_ent_s, e_t_s = e_ent[order].astype(str), e_t[order]
         values = {k: v[order] for k, v in values.items()}
+        e_known = _epoch_us(events[self.known_time].reset_index(drop=True))[order] \
+            if known_at is not None and self.known_time else None
         uniq, starts = np.unique(e_ent_s, return_index=True)
         ends = np.append(starts[1:], len(e_ent_s)) if len(starts) else starts
         where = {u: (int(s), int(e)) for u, s, e in zip(uniq, starts, ends, strict=True)}
         out = {a["name"]: np.full(len(frame), np.nan) for a in aggs}
         for i in range(len(frame)):
             span = where.get(str(q_ent[i]))
+            base = span[0] if span else 0
             times = e_t_s[span[0]:span[1]] if span else e_t_s[:0]
             hi = int(np.searchsorted(times, q_t[i], side="left"))
             for a in aggs:
                 window = a.get("window_days")
                 lo = 0 if not window else int(np.searchsorted(
                     times, q_t[i] - int(round(float(window) * _US_PER_DAY)), side="left"))
-                out[a["name"]][i] = self._reduce(a, times, values, span, lo, hi, q_t[i])
+                idx = np.arange(base + lo, base + hi)
+                if e_known is not None and known_at is not None:
+                    idx = idx[e_known[idx] <= known_at[i]]  # known by then (late arrivals excluded)
+                out[a["name"]][i] = self._reduce(a, e_t_s, values, idx, q_t[i])
         result = frame.copy()
         for name, col in out.items():
             result[name] = col + 0.0
@@ -279,14 +311,14 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _reduce(a: dict[str, Any], times: np.ndarray, values: dict[str, np.ndarray],
-                span: tuple[int, int] | None, lo: int, hi: int, t: int) -> float:
+                idx: np.ndarray, t: int) -> float:
+        """One aggregate over the events at sorted positions ``idx`` (ascending time)."""
         op = a["op"]
         if op == "count":
-            return float(hi - lo)
+            return float(len(idx))
         if op == "days_since_last":
-            return (t - int(times[hi - 1])) / _US_PER_DAY if hi > lo else math.nan
-        base = span[0] if span else 0
-        vals = values[a["input"]][base + lo:base + hi]
+            return (t - int(times[idx[-1]])) / _US_PER_DAY if len(idx) else math.nan
+        vals = values[a["input"]][idx]
         vals = vals[~np.isnan(vals)]
         if len(vals) == 0:
             return 0.0 if op == "sum" else math.nan

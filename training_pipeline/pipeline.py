@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from shared import certificate as certmod
 from shared import feature_table as ft
@@ -193,7 +194,8 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         reg.log_json(info.as_dict(), "lineage/feature_version.json")
         log.info("[3/5] logged params, metrics, plots and lineage to run %s", run_id)
 
-        certificate = certmod.build(data.test, spec, pipe, info, seed=seed)
+        certificate = certmod.build(data.test, spec, pipe, info, seed=seed,
+                                     pool=pd.concat([data.train, data.test], ignore_index=True))
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for name, obj in ((certmod.CERTIFICATE_FILE, certificate), ("environment.json", environment)):

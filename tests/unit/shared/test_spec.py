@@ -57,7 +57,7 @@ def test_claims_spec_loads() -> None:
         "days_since_last_claim",
     ]
     assert "is_fraud" not in spec.raw_input_columns and "ingested_at" not in spec.raw_input_columns
-    assert spec.stored_columns[0] == "customer_age" and "is_fraud" in spec.stored_columns
+    assert spec.stored_columns[:2] == ["ingested_at", "customer_age"] and "is_fraud" in spec.stored_columns
     assert {spec.feature_kind("region"), spec.feature_kind("claim_amount"), spec.feature_kind("prior_claims")} == {
         "categorical", "numeric"}
     assert spec.feature_kind("prior_claims") == "numeric"
