@@ -228,6 +228,7 @@ class Verdict:
     max_abs_diff: float = 0.0
     first: list[RecordDiff] = field(default_factory=list)
     error: str | None = None
+    coverage: dict[str, int] = field(default_factory=dict)  # sampled / late_arrivals / constructed records
 
     def summary(self) -> str:
         if self.error:
@@ -243,6 +244,7 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "checked": self.checked, "differing": self.differing,
                 "max_abs_diff": self.max_abs_diff, "error": self.error, "summary": self.summary(),
+                "coverage": dict(self.coverage),
                 "first_differences": [d.as_dict() for d in self.first]}
 
 
@@ -287,7 +289,8 @@ def verify(cert: dict[str, Any], online: Callable[[list[dict[str, Any]], int], p
                          for i in range(len(records))])
     abs_diff = np.abs(got - expected)
     verdict = Verdict(not row_diff.any(), len(records), int(row_diff.sum()),
-                      float(np.nanmax(abs_diff)) if abs_diff.size else 0.0)
+                      float(np.nanmax(abs_diff)) if abs_diff.size else 0.0,
+                      coverage={k: int(v) for k, v in (cert.get("coverage") or {}).items()})
     for i in np.flatnonzero(row_diff)[:show]:
         verdict.first.append(RecordDiff(int(i), str(records[i].get(spec.record_id)), field_diffs[i],
                                         float(abs_diff[i].max())))

@@ -222,7 +222,7 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
         cols = set(map(str, frame.columns))
         if self.known_time is not None and self.time is None:
             raise ValueError("known_time needs a time column")
-        for col in (self.entity, self.time, self.known_time):
+        for col in (self.entity, self.time):  # known_time: only the events need it (online records lack it)
             if col is not None and col not in cols:
                 raise ValueError(f"column {col!r} is absent from X")
         for a in self._aggs():
@@ -235,6 +235,8 @@ class PointInTimeHistory(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> pd.DataFrame:
         check_is_fitted(self)
         frame = _check_frame_input(self, X, reset=False)
+        if self.known_time and self.known_time not in frame.columns:
+            raise ValueError(f"column {self.known_time!r} (known_time) is absent from X")
         known_at = self._keys(frame)[1] if self.known_time else None  # each row as of its own time
         return self._append(frame, frame, known_at)
 

@@ -18,6 +18,8 @@ requests back to back for the whole run:
 
 from __future__ import annotations
 
+import re
+
 import json
 import threading
 import time
@@ -268,7 +270,7 @@ def test_refused_candidate_leaves_the_old_model_serving_until_it_is_fixed(tmp_pa
                            "a second refusal of version 2")
         err = model["reload"]["last_reload_error"]
         assert model["model_version"] == "1" and err["model_version"] == "2"
-        assert "parity certificate FAILED: 1 of 64 records differ" in err["reason"]
+        assert re.search(r"parity certificate FAILED: 1 of \d+ records differ", err["reason"])
         assert err["certificate"]["differing"] == 1
         first = err["certificate"]["first_differences"][0]
         assert first["record_id"] == cert["records"][3]["claim_id"] and first["fields"] == []

@@ -337,7 +337,7 @@ def test_a_model_failing_its_certificate_at_the_model_level_is_refused_before_an
                            "--replace", FTI_MODEL_CACHE_DIR=str(cache))
     assert code == 2, err
     assert f"fti: error: refusing {project.name} version 1: on its parity certificate's model inputs it does not " \
-           "give the certified outputs (1 of 64 rows differ" in err, err
+           "give the certified outputs (1 of " in err and " rows differ" in err, err
     assert "Nothing was written" in err and out == ""
     assert _stored(project.store_url) == before
 

@@ -10,6 +10,8 @@ off exponentially; the poll loop loads off the event loop; interval 0 disables i
 
 from __future__ import annotations
 
+import re
+
 import asyncio
 import threading
 import time
@@ -140,7 +142,7 @@ def test_failed_certificate_keeps_the_old_model_and_is_not_retried_until_tags_ch
     assert state["in_sync"] is False and state["alias_version"] == "2"
     err = state["last_reload_error"]
     assert err["model_version"] == "2" and err["kind"] == "refused" and err["failures"] == 1
-    assert "parity certificate FAILED: 1 of 64 records differ" in err["reason"]
+    assert re.search(r"parity certificate FAILED: 1 of \d+ records differ", err["reason"])
     assert err["certificate"]["passed"] is False and err["certificate"]["differing"] == 1
 
     for _ in range(5):  # every poll: the same refused version with the same tags is not loaded again
