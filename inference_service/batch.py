@@ -53,7 +53,9 @@ from inference_service.config import Settings
 from inference_service.model_loader import LoadedModel, MlflowLoader, ModelLoadError
 from shared import batch_table as bt
 from shared import feature_table as ft
+from shared import model_ref
 from shared.db import IMMEDIATE, make_engine, redact
+from shared.model_ref import ModelRef, ModelRefError
 from shared.prediction_table import canonical_json
 from shared.spec import DatasetSpec, LoadedSpec
 
@@ -82,32 +84,14 @@ def log_progress(line: str) -> None:
 
 # --------------------------------------------------------------------------- which model
 
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
-
-
 def parse_model_ref(value: str | None, default_name: str, default_alias: str) -> ModelRef:
-    """``NAME@ALIAS``, ``NAME/VERSION`` or ``NAME`` (its default alias); ``None``: the spec's model."""
+    """``--model`` in the one grammar of :mod:`shared.model_ref`; ``None``: the spec's model at the alias."""
     if not value:
         return ModelRef(default_name, alias=default_alias)
-    if "@" in value:
-        name, alias = value.rsplit("@", 1)
-        if name and alias:
-            return ModelRef(name, alias=alias)
-    elif "/" in value:
-        name, version = value.rsplit("/", 1)
-        if name and version.isdigit():
-            return ModelRef(name, version=str(int(version)))
-    else:
-        return ModelRef(value, alias=default_alias)
-    raise BatchError(f"--model {value!r} is neither NAME@ALIAS nor NAME/VERSION "
-                     f"(e.g. {default_name}@{default_alias} or {default_name}/3)")
+    try:
+        return model_ref.parse(value, what="--model")
+    except ModelRefError as exc:
+        raise BatchError(str(exc)) from None
 
 
 def load_model(loader: MlflowLoader, spec: DatasetSpec, ref: ModelRef) -> LoadedModel:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -50,9 +49,10 @@ import pandas as pd
 from sqlalchemy import and_, select
 
 from shared import feature_table as ft
-from shared import featureset, fingerprint
+from shared import featureset, fingerprint, model_ref
 from shared.certificate import CERTIFICATE_FILE
 from shared.db import make_engine
+from shared.model_ref import ModelRefError
 from shared.provenance import code_commit
 from shared.raw import RawDataError
 from shared.source import Extracted, SourceError, extract, file_location
@@ -335,15 +335,12 @@ def _prediction_difference(label: str, c: dict[str, Any]) -> str | None:
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """``NAME/VERSION`` or ``NAME@ALIAS`` (a leading ``models:/`` is accepted)."""
-    text = ref.removeprefix("models:/")
-    m = re.fullmatch(r"(?P<name>[^/@]+)/(?P<version>\d+)", text)
-    if m:
-        return m["name"], m["version"], None
-    m = re.fullmatch(r"(?P<name>[^/@]+)@(?P<alias>[A-Za-z][A-Za-z0-9_-]*)", text)
-    if m:
-        return m["name"], None, m["alias"]
-    raise ReproduceError(f"model reference {ref!r} is not NAME/VERSION (e.g. claims-fraud/3) or NAME@ALIAS")
+    """(name, version, alias) of a reference in the one grammar of :mod:`shared.model_ref`."""
+    try:
+        parsed = model_ref.parse(ref)
+    except ModelRefError as exc:
+        raise ReproduceError(str(exc)) from None
+    return parsed.name, parsed.version, parsed.alias
 
 
 def _not_found(exc: Exception) -> bool:

@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import shutil
 import textwrap
 

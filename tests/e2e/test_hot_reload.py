@@ -18,9 +18,8 @@ requests back to back for the whole run:
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 import threading
 import time
 from pathlib import Path

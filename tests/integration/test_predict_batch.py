@@ -293,8 +293,8 @@ def test_user_errors_exit_2_with_what_to_do(project: Project, monkeypatch: pytes
         (["--model", f"{project.name}/99"], {},
          f"model {project.name}/99 is not in the registry at sqlite:///"),
         (["--model", f"{project.name}@nope"], {}, f"no model version has alias {project.name}@nope yet: run `fti train"),
-        (["--model", f"{project.name}/latest"], {}, f"--model '{project.name}/latest' is neither NAME@ALIAS nor "
-         "NAME/VERSION"),
+        (["--model", f"{project.name}/latest"], {}, f"--model '{project.name}/latest' is not NAME/VERSION, "
+         "NAME@ALIAS, models:/NAME/VERSION or models:/NAME@ALIAS"),
         ([], {"FTI_MODEL_ALIAS": "staging"}, f"no model version has alias {project.name}@staging yet"),
         ([], {"FTI_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"},
          "has no fti tables yet: run `fti features run --spec ...` first"),

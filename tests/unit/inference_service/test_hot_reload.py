@@ -10,9 +10,8 @@ off exponentially; the poll loop loads off the event loop; interval 0 disables i
 
 from __future__ import annotations
 
-import re
-
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Iterator

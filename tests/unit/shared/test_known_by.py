@@ -24,7 +24,6 @@ from shared.spec import load_spec
 from shared.transformers import PointInTimeHistory
 from tests.unit.shared.test_history import (
     BASE,
-    US_PER_S,
     aggregation_lists,
     assert_matches,
     reference,
