@@ -35,6 +35,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from shared import rowwise
 from shared.transformers import ModelInputCaster, canonical_floats, cast_categorical_values
 
 _UNKNOWN_PROBE = "\x00fti-unknown-category-probe\x00"
@@ -131,7 +132,7 @@ class FastPath:
         X = self.matrix(columns, n)
         if self.trees is not None and n <= self.tree_max_rows:
             return self.trees.predict_proba(X)
-        return np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
+        return rowwise.predict_proba_matrix(self.estimator, X)  # each row as if alone
 
     def predict_proba_frame(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predict_proba(self.columns_from_frame(frame), len(frame))

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from inference_service import fastpath
+from shared import rowwise
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,14 @@ class Scorer:
     def predict_frame(self, X: pd.DataFrame) -> np.ndarray:
         if self.fast is not None:
             return self.fast.predict_proba_frame(X)
-        return np.asarray(self.pipeline.predict_proba(X[self.features]), dtype=np.float64)
+        return rowwise.predict_proba(self.pipeline, X[self.features])
 
     def predict_columns(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
         """Canonical columns: numeric -> float64 arrays (NaN missing); categorical -> object arrays."""
         if self.fast is not None:
             return self.fast.predict_proba(columns, n)
         frame = pd.DataFrame({name: columns[name] for name in self.features})
-        return np.asarray(self.pipeline.predict_proba(frame), dtype=np.float64)
+        return rowwise.predict_proba(self.pipeline, frame)
 
 
 def predict_proba(model: Any, X: pd.DataFrame) -> np.ndarray:
@@ -61,7 +62,7 @@ def predict_proba(model: Any, X: pd.DataFrame) -> np.ndarray:
     scorer = getattr(model, "scorer", None)
     if scorer is not None:
         return scorer.predict_frame(X)
-    return np.asarray(model.pipeline.predict_proba(X[model.features]), dtype=np.float64)
+    return rowwise.predict_proba(model.pipeline, X[model.features])
 
 
 def predict_columns(model: Any, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
@@ -118,7 +119,7 @@ def verify(fast: fastpath.FastPath, pipeline: Any, certificate: dict[str, Any] |
         frames.append(frame_from_records(certificate["features"], fast))
     frames.append(generated_sample(fast, sample_rows, seed))
     frame = pd.concat(frames, ignore_index=True)
-    want = np.asarray(pipeline.predict_proba(frame[fast.features]), dtype=np.float64)
+    want = rowwise.predict_proba(pipeline, frame[fast.features])
     columns = {name: _column(frame, name, fast) for name in fast.features}
     n = len(frame)
     # Model inputs first: a drift too small to move today's outputs is still a broken promise.
@@ -129,8 +130,9 @@ def verify(fast: fastpath.FastPath, pipeline: Any, certificate: dict[str, Any] |
             if got_matrix.shape == want_matrix.shape else np.arange(n)
         return {"passed": False, "rows": n, "regime": "model inputs (preprocessed matrix)",
                 "differing_rows": int(len(bad)), "first_rows": [int(r) for r in bad[:5]]}
-    # Each regime against the pipeline given the same rows: a BLAS-based estimator (LogisticRegression)
-    # may round a row differently inside another batch, and that is the pipeline's answer to match.
+    # Each regime against the reference: the pipeline applied to each row alone (shared.rowwise),
+    # which a BLAS-based estimator (LogisticRegression) needs -- scikit-learn rounds a row inside
+    # a batch differently; one-row regimes are compared with scikit-learn itself on that row.
     step = max(1, fast.tree_max_rows)
     chunks = [(0, n)] + [(i, min(i + step, n)) for i in range(0, min(n, CHUNK_CHECKS * step), step)] \
         + [(i, i + 1) for i in range(min(n, SINGLE_ROW_CHECKS))]
@@ -138,8 +140,10 @@ def verify(fast: fastpath.FastPath, pipeline: Any, certificate: dict[str, Any] |
     for a, b in chunks:
         regime = regimes[0] if b - a == n else regimes[2] if b - a == 1 else regimes[1]
         got = fast.predict_proba(_rows(columns, a, b), b - a)
+        # one row: scikit-learn's own answer on that row alone, the definition of the reference
         ref = want if (a, b) == (0, n) else np.asarray(pipeline.predict_proba(frame.iloc[a:b][fast.features]),
-                                                        dtype=np.float64)
+                                                        dtype=np.float64) if b - a == 1 else \
+            rowwise.predict_proba(pipeline, frame.iloc[a:b][fast.features])
         if got.shape != ref.shape or not np.array_equal(got, ref):
             diff = np.abs(got - ref) if got.shape == ref.shape else np.full((b - a, 1), np.inf)
             rows = np.flatnonzero(diff.reshape(len(diff), -1).max(axis=1) > 0) + a

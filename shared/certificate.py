@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from shared import feature_table as ft
+from shared import rowwise
 from shared.spec import ColumnType, DatasetSpec
 
 CERTIFICATE_FORMAT = 1
@@ -197,7 +198,7 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
         cov = compute_online(frame, pool, spec, replay=True)
         records = records + cov_records
         model_inputs = pd.concat([model_inputs, cov[features]], ignore_index=True)
-    proba = pipeline.predict_proba(model_inputs)
+    proba = rowwise.predict_proba(pipeline, model_inputs)
     return {
         "format": CERTIFICATE_FORMAT, "dataset": spec.name, "feature_version": info.version,
         "feature_checksum": info.checksum, "model_features": features,

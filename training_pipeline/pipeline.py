@@ -20,7 +20,7 @@ import pandas as pd
 
 from shared import certificate as certmod
 from shared import feature_table as ft
-from shared import fingerprint
+from shared import fingerprint, rowwise
 from shared.db import make_engine
 from shared.provenance import code_commit, shared_version
 from shared.spec import DatasetSpec, LoadedSpec
@@ -108,7 +108,7 @@ def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
     np.random.seed(spec.model.seed)
     pipe = build_pipeline(spec)
     pipe.fit(data.X_train, data.y_train)
-    proba = pipe.predict_proba(data.X_test)
+    proba = rowwise.predict_proba(pipe, data.X_test)  # each row as if scored alone
     metrics = compute_metrics(pipe.classes_, data.y_test, proba)
     return Fitted(pipe, proba, metrics, time.perf_counter() - t0)
 

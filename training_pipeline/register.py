@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared import rowwise
 from shared.spec import DatasetSpec
 from training_pipeline.config import Settings
 from training_pipeline.evaluate import better_or_equal
@@ -109,7 +110,7 @@ def round_trip_check(name: str, version: str, X: pd.DataFrame, expected: np.ndar
     import mlflow
 
     reloaded = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-    got = reloaded.predict_proba(X)
+    got = rowwise.predict_proba(reloaded, X)
     if not np.array_equal(got, expected):
         diff = float(np.nanmax(np.abs(got - expected)))
         raise RuntimeError(f"registered model {name}/{version} predicts differently after the registry "
@@ -154,7 +155,7 @@ def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.Da
         return GateDecision(False, f"champion v{current.version} cannot score this evaluation data (it needs "
                                    f"{missing[:5]}); pass --promote always to replace it", metric,
                             candidate_score, current.version)
-    old_score = compute_metrics(old.classes_, y, old.predict_proba(X[wanted] if wanted else X))[metric]
+    old_score = compute_metrics(old.classes_, y, rowwise.predict_proba(old, X[wanted] if wanted else X))[metric]
     ok = better_or_equal(metric, candidate_score, old_score)
     if policy == "always":
         return GateDecision(True, f"--promote always (candidate {candidate_score:.6f} vs champion "

@@ -49,7 +49,7 @@ import pandas as pd
 from sqlalchemy import and_, select
 
 from shared import feature_table as ft
-from shared import featureset, fingerprint, model_ref
+from shared import featureset, fingerprint, model_ref, rowwise
 from shared.certificate import CERTIFICATE_FILE
 from shared.db import make_engine
 from shared.model_ref import ModelRefError
@@ -709,7 +709,7 @@ def _compare_predictions(report: Report, spec: DatasetSpec, certificate: dict[st
                 "first_differing": []}
     else:
         X = pd.DataFrame(certificate["features"], columns=cert_features)[features]
-        cert = compare_predictions(np.asarray(certificate["expected"]), pipe.predict_proba(X), ids)
+        cert = compare_predictions(np.asarray(certificate["expected"]), rowwise.predict_proba(pipe, X), ids)
     report.predictions["certificate"] = cert
 
     # (b) the original registered model vs the retrained one on the whole evaluation set
@@ -717,7 +717,7 @@ def _compare_predictions(report: Report, spec: DatasetSpec, certificate: dict[st
     absent = [c for c in wanted if c not in dataset.test.columns]
     eval_ids = [str(x) for x in dataset.test[spec.record_id]]
     if not absent:
-        ev = compare_predictions(original.predict_proba(dataset.test[wanted]), fitted.proba, eval_ids)
+        ev = compare_predictions(rowwise.predict_proba(original, dataset.test[wanted]), fitted.proba, eval_ids)
     elif original_rows is not None and all(c in original_rows.columns for c in wanted):
         # The reproduction's rows lack a column the original needs (the spec changed the features): score the
         # original on its own recorded rows for the same record ids; ids it never saw count as differing.
@@ -726,7 +726,7 @@ def _compare_predictions(report: Report, spec: DatasetSpec, certificate: dict[st
         expected = np.full(fitted.proba.shape, np.nan)
         if known:
             where = {rid: k for k, rid in enumerate(eval_ids)}
-            expected[[where[i] for i in known]] = original.predict_proba(by_id.loc[known, wanted])
+            expected[[where[i] for i in known]] = rowwise.predict_proba(original, by_id.loc[known, wanted])
         ev = compare_predictions(expected, fitted.proba, eval_ids)
         ev["scored_original_on"] = "its recorded feature rows (the reproduction lacks " + ", ".join(absent[:5]) + ")"
     else:

@@ -25,6 +25,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import MinMaxScaler
 
 from inference_service import fast_trees, fastpath, scoring
+from shared import rowwise
 from shared.features import compute_batch
 from shared.raw import normalize_frame
 from shared.spec import load_spec
@@ -81,8 +82,8 @@ def _assert_same(fitted: Fitted, frame: pd.DataFrame) -> None:
     want_x = np.asarray(pipe[:-1].transform(frame), dtype=np.float64)
     got_x = fast.matrix(cols, n)
     assert scoring._same_bits(got_x, want_x), "model inputs differ"
-    assert _same_outcome(lambda: fast.predict_proba(cols, n), lambda: pipe.predict_proba(frame)), \
-        "batch probabilities differ"
+    assert _same_outcome(lambda: fast.predict_proba(cols, n), lambda: rowwise.predict_proba(pipe, frame)), \
+        "batch probabilities differ from the pipeline on each row alone"
     for i in range(min(n, 3)):  # against the pipeline on that row alone (BLAS may round a batch differently)
         one = {k: v[i:i + 1] for k, v in cols.items()}
         assert _same_outcome(lambda: fast.predict_proba(one, 1),  # noqa: B023 - called at once
@@ -108,14 +109,18 @@ def test_compiles_both_pipelines(claims: Fitted, churn: Fitted) -> None:
 
 def test_equal_on_the_training_rows(fitted: Fitted) -> None:
     frame = fitted.frame
-    want = fitted.pipeline.predict_proba(frame)
+    # the reference: the pipeline on each row alone (shared.rowwise); sklearn on the batch for trees
+    want = rowwise.predict_proba(fitted.pipeline, frame)
     cols = _columns(fitted.fast, frame)
     assert np.array_equal(fitted.fast.predict_proba(cols, len(frame)), want)
     step = 17
     for i in range(0, len(frame), step):
         chunk = frame.iloc[i:i + step]
         got = fitted.fast.predict_proba({k: v[i:i + step] for k, v in cols.items()}, len(chunk))
-        assert np.array_equal(got, fitted.pipeline.predict_proba(chunk)), f"rows {i}..{i + len(chunk) - 1}"
+        assert np.array_equal(got, want[i:i + step]), f"rows {i}..{i + len(chunk) - 1}"
+    for i in range(0, len(frame), 97):  # and scikit-learn itself on each row alone
+        one = {k: v[i:i + 1] for k, v in cols.items()}
+        assert np.array_equal(fitted.fast.predict_proba(one, 1), fitted.pipeline.predict_proba(frame.iloc[i:i + 1]))
 
 
 def test_trees_equal_the_estimator_on_every_row(claims: Fitted) -> None:
