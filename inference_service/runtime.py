@@ -140,8 +140,10 @@ class Runtime:
         spec = self.spec.spec
         try:
             return certmod.verify(model.certificate,
-                                  lambda records, version: certificate_features(records, spec, self.engine, version),
-                                  lambda X: scoring.predict_proba(model, X), spec)
+                                  lambda records, version, replay: certificate_features(
+                                      records, spec, self.engine, version, replay=replay),
+                                  lambda X: scoring.predict_proba(model, X), spec,
+                                  preprocess=lambda X: model.pipeline[:-1].transform(X))
         except Exception as exc:  # noqa: BLE001 - a certificate that cannot run is a failed certificate
             log.exception("parity certificate of %s version %s could not run", model.name, model.version)
             return certmod.Verdict(False, 0, error=f"{type(exc).__name__}: {str(exc)[:300]}")

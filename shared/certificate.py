@@ -109,29 +109,36 @@ def late_arrival_rows(eval_frame: pd.DataFrame, pool: pd.DataFrame, spec: Datase
     return eval_frame[differs]
 
 
-def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> list[dict[str, Any]]:
+def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> tuple[list[dict[str, Any]], list[bool]]:
     """Raw records built from the spec to reach every branch of the shared feature code.
 
     Starting from real rows: each nullable column missing; each category seen in the
     data, an unseen one and a blank one (the missing marker); each numeric bound; an
     entity without history; an event at the same time as a stored one (excluded: strictly
-    before); both sides of each history window's edge. Their expected outputs are what
-    training's own ``shared`` computes, so any change of that code between training and
-    serving that moves a value on any of these branches refuses the model.
+    before); both sides of each history window's edge; both sides of an event's ingestion
+    time (known exactly then, or not yet). Their expected outputs are what training's own
+    ``shared`` computes, so any change of that code between training and serving that moves
+    a value on any of these branches refuses the model.
+
+    Returns the records and, per record, whether it is checked as a live request (the whole
+    version known: event-time ties are only reachable there, since every stored event was
+    ingested after it happened) rather than replayed as of its own time.
     """
     if pool.empty:
-        return []
+        return [], []
     ordered = pool.sort_values(spec.record_id, kind="stable").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     bases = raw_records(ordered.iloc[np.sort(rng.choice(len(ordered), size=min(8, len(ordered)),
                                                         replace=False))], spec)
     out: list[dict[str, Any]] = []
+    live: list[bool] = []
 
-    def variant(tag: str, i: int, **changes: Any) -> None:
+    def variant(tag: str, i: int, *, as_live: bool = False, **changes: Any) -> None:
         rec = dict(bases[i % len(bases)])
         rec.update(changes)
         rec[spec.record_id] = f"__fti_cov_{len(out):04d}_{tag}"
         out.append(rec)
+        live.append(as_live)
 
     names = spec.raw_input_columns
     keys = {spec.record_id, spec.entity_key, spec.event_time}
@@ -149,8 +156,12 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> list[d
                     v = bool(value) if col.type == ColumnType.BOOL else (int(value) if col.type == ColumnType.INT
                                                                           else float(value))
                     variant(f"{bound}_{name}", j, **{name: v})
-            if col.type == ColumnType.FLOAT and (col.min is None or col.min <= 0 <= (col.max or math.inf)):
-                variant(f"zero_{name}", j, **{name: 0.0})
+            if col.type == ColumnType.FLOAT:
+                lo, hi = (col.min if col.min is not None else -math.inf), (col.max if col.max is not None else math.inf)
+                # zero, tiny and fractional values: where log1p, ratios and rounding differ
+                for tag, v in (("zero", 0.0), ("tiny", 1e-9), ("fraction", 0.3), ("negative_tiny", -1e-9)):
+                    if lo <= v <= hi:
+                        variant(f"{tag}_{name}", j, **{name: v})
     if spec.entity_key in names:
         variant("new_entity", 0, **{spec.entity_key: NEW_ENTITY})
     if spec.event_time and spec.features.history:
@@ -162,11 +173,19 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> list[d
             rows = ordered[ordered[spec.entity_key] == entity].sort_values(spec.event_time, kind="stable")
             last = rows.iloc[-1]
             t_last = pd.Timestamp(last[spec.event_time])
-            for tag, t in [("same_time", t_last), ("just_after", t_last + _US)] + [
-                    (f"window_{w:g}d_{side}", t_last + pd.Timedelta(days=w) + d)
-                    for w in windows for side, d in (("edge", pd.Timedelta(0)), ("inside", -_US), ("out", _US))]:
-                variant(f"{tag}_{k}", k, **{spec.entity_key: str(entity), spec.event_time: ft.iso_utc(t)})
-    return out
+            cases: list[tuple[str, pd.Timestamp, bool]] = [
+                ("same_time", t_last, False), ("just_after", t_last + _US, False),
+                ("same_time_live", t_last, True), ("just_after_live", t_last + _US, True)]
+            cases += [(f"window_{w:g}d_{side}", t_last + pd.Timedelta(days=w) + d, False)
+                      for w in windows for side, d in (("edge", pd.Timedelta(0)), ("inside", -_US), ("out", _US))]
+            if spec.source.ingestion_time:  # the event known exactly at the row's time, or a microsecond later
+                known = pd.Timestamp(last[spec.source.ingestion_time])
+                if known > t_last:
+                    cases += [("known_at_edge", known, False), ("known_just_after", known - _US, False)]
+            for tag, t, as_live in cases:
+                variant(f"{tag}_{k}", k, as_live=as_live,
+                        **{spec.entity_key: str(entity), spec.event_time: ft.iso_utc(t)})
+    return out, live
 
 
 def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.VersionInfo, *,
@@ -180,14 +199,16 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
     features = spec.model_features
     late = eval_frame.iloc[:0]
     cov_records: list[dict[str, Any]] = []
+    cov_live: list[bool] = []
     if pool is not None:
         late = late_arrival_rows(eval_frame, pool, spec)
         late = late[~late[spec.record_id].isin(rows[spec.record_id])]
         late = sample(late, spec, LATE_RECORDS, seed)
-        cov_records = coverage_records(pool, spec, seed)
+        cov_records, cov_live = coverage_records(pool, spec, seed)
     rows = pd.concat([rows, late], ignore_index=True) if len(late) else rows
     records = raw_records(rows, spec)
     model_inputs = rows[features]
+    live = [False] * len(records)
     if cov_records:
         from shared.features import compute_online
         from shared.raw import RawDataError, normalize_records
@@ -195,8 +216,14 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
         frame, problems = normalize_records(cov_records, spec)
         if problems:
             raise RawDataError(problems.items, row_label="coverage record", context="parity certificate")
-        cov = compute_online(frame, pool, spec, replay=True)
-        records = records + cov_records
+        flags = np.asarray(cov_live, dtype=bool)
+        cov = pd.concat([compute_online(frame[~flags].reset_index(drop=True), pool, spec, replay=True),
+                         compute_online(frame[flags].reset_index(drop=True), pool, spec, replay=False)],
+                        ignore_index=True)
+        order = [i for i in range(len(cov_records)) if not cov_live[i]] + [i for i in range(len(cov_records))
+                                                                             if cov_live[i]]
+        records = records + [cov_records[i] for i in order]
+        live += [cov_live[i] for i in order]
         model_inputs = pd.concat([model_inputs, cov[features]], ignore_index=True)
     proba = rowwise.predict_proba(pipeline, model_inputs)
     return {
@@ -204,10 +231,28 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
         "feature_checksum": info.checksum, "model_features": features,
         "classes": [c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
         "records": records, "features": _json_features(model_inputs, features),
+        "live": [i for i, flag in enumerate(live) if flag],
         "expected": np.asarray(proba, dtype=np.float64).tolist(),
+        "preprocessed_sha256": preprocessed_digest(pipeline, model_inputs),
         "coverage": {"sampled": int(len(rows) - len(late)), "late_arrivals": int(len(late)),
-                     "constructed": len(cov_records)},
+                     "constructed": len(cov_records), "live": int(sum(live))},
     }
+
+
+def preprocessed_digest(pipeline: Any, model_inputs: pd.DataFrame) -> str | None:
+    """sha256 of the matrix the estimator sees (the pipeline up to its last step), bit for bit.
+
+    The model-input caster and the encoders run inside the model pipeline, with the serving
+    process's ``shared`` code: a change there (the missing-category marker, say) may not move
+    this model's outputs today, yet it changes what the model is fed. NaN is written canonically.
+    """
+    if not hasattr(pipeline, "steps") or len(pipeline.steps) < 2:
+        return None
+    import hashlib
+
+    Z = np.ascontiguousarray(np.asarray(pipeline[:-1].transform(model_inputs), dtype=np.float64))
+    Z = np.where(np.isnan(Z), np.float64(np.nan), Z)
+    return hashlib.sha256(Z.tobytes()).hexdigest()
 
 
 @dataclass
@@ -233,6 +278,8 @@ class Verdict:
 
     def summary(self) -> str:
         if self.error:
+            if self.checked:
+                return f"parity certificate FAILED: {self.error}"
             return f"parity certificate could not be checked: {self.error}"
         if self.passed:
             return f"parity certificate passed: {self.checked} records identical bit for bit"
@@ -258,18 +305,31 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def verify(cert: dict[str, Any], online: Callable[[list[dict[str, Any]], int], pd.DataFrame],
-           predict_proba: Callable[[pd.DataFrame], np.ndarray], spec: DatasetSpec, *, show: int = 10) -> Verdict:
+def verify(cert: dict[str, Any], online: Callable[[list[dict[str, Any]], int, bool], pd.DataFrame],
+           predict_proba: Callable[[pd.DataFrame], np.ndarray], spec: DatasetSpec, *, show: int = 10,
+           preprocess: Callable[[pd.DataFrame], Any] | None = None) -> Verdict:
     """Run the certificate's raw records through ``online`` and compare with the batch results.
 
-    ``online(records, feature_version)`` must return the model-input frame the
-    serving path computes for those records.
+    ``online(records, feature_version, replay)`` must return the model-input frame the
+    serving path computes for those records: ``replay=True`` as of each record's time (rows
+    of the feature table, most constructed records), ``False`` as a live request (the
+    certificate's ``live`` records). ``preprocess`` (the model pipeline up to its estimator)
+    is compared with the certified digest of what the estimator was fed.
     """
     if cert.get("format") != CERTIFICATE_FORMAT:
         return Verdict(False, 0, error=f"unknown certificate format {cert.get('format')!r}")
     records, expected = cert["records"], np.asarray(cert["expected"], dtype=np.float64)
     features = cert["model_features"]
-    feats = online(records, int(cert["feature_version"]))
+    version = int(cert["feature_version"])
+    live = set(int(i) for i in cert.get("live") or [])
+    replayed = [i for i in range(len(records)) if i not in live]
+    live_idx = sorted(live)
+    parts = [online([records[i] for i in replayed], version, True)] if replayed else []
+    if live_idx:
+        parts.append(online([records[i] for i in live_idx], version, False))
+    feats = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    position = {orig: k for k, orig in enumerate(replayed + live_idx)}
+    feats = feats.iloc[[position[i] for i in range(len(records))]].reset_index(drop=True)
     got = np.asarray(predict_proba(feats[features]), dtype=np.float64)
     if got.shape != expected.shape:
         return Verdict(False, len(records), len(records), math.inf,
@@ -295,4 +355,15 @@ def verify(cert: dict[str, Any], online: Callable[[list[dict[str, Any]], int], p
     for i in np.flatnonzero(row_diff)[:show]:
         verdict.first.append(RecordDiff(int(i), str(records[i].get(spec.record_id)), field_diffs[i],
                                         float(abs_diff[i].max())))
+    digest = cert.get("preprocessed_sha256")
+    if verdict.passed and digest and preprocess is not None:
+        Z = np.ascontiguousarray(np.asarray(preprocess(feats[features]), dtype=np.float64))
+        Z = np.where(np.isnan(Z), np.float64(np.nan), Z)
+        import hashlib
+
+        if hashlib.sha256(Z.tobytes()).hexdigest() != digest:
+            verdict.passed = False
+            verdict.error = ("the model pipeline feeds its estimator other values than at training on the same "
+                             "model inputs (preprocessed-matrix digest differs): the model-input casting or "
+                             "encoding code changed")
     return verdict
