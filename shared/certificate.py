@@ -133,10 +133,17 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> tuple[
     out: list[dict[str, Any]] = []
     live: list[bool] = []
 
+    def synthetic_key(column: str, k: int, tag: str) -> Any:
+        """A key no stored row has, of the column's own type (integer keys stay integers)."""
+        if spec.columns[column].type == ColumnType.INT:
+            top = pd.to_numeric(ordered[column], errors="coerce").max()
+            return int(top if pd.notna(top) else 0) + 1_000_000 + k
+        return f"__fti_cov_{k:04d}_{tag}"
+
     def variant(tag: str, i: int, *, as_live: bool = False, **changes: Any) -> None:
         rec = dict(bases[i % len(bases)])
         rec.update(changes)
-        rec[spec.record_id] = f"__fti_cov_{len(out):04d}_{tag}"
+        rec[spec.record_id] = synthetic_key(spec.record_id, len(out), tag)
         out.append(rec)
         live.append(as_live)
 
@@ -163,7 +170,8 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> tuple[
                     if lo <= v <= hi:
                         variant(f"{tag}_{name}", j, **{name: v})
     if spec.entity_key in names:
-        variant("new_entity", 0, **{spec.entity_key: NEW_ENTITY})
+        variant("new_entity", 0, **{spec.entity_key: NEW_ENTITY if spec.columns[spec.entity_key].type != ColumnType.INT
+                                    else synthetic_key(spec.entity_key, 0, "entity")})
     if spec.event_time and spec.features.history:
         # Entities with the most events: ties and window edges are then non-trivial.
         counts = ordered[spec.entity_key].value_counts(sort=True)
@@ -184,7 +192,9 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> tuple[
                     cases += [("known_at_edge", known, False), ("known_just_after", known - _US, False)]
             for tag, t, as_live in cases:
                 variant(f"{tag}_{k}", k, as_live=as_live,
-                        **{spec.entity_key: str(entity), spec.event_time: ft.iso_utc(t)})
+                        **{spec.entity_key: bases[0][spec.entity_key].__class__(entity)
+                           if bases[0].get(spec.entity_key) is not None else entity,
+                           spec.event_time: ft.iso_utc(t)})
     return out, live
 
 
