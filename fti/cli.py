@@ -259,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="retrain a registered model from its lineage and compare (exit 0 "
                                           "IDENTICAL, 1 DIFFERENT, 2 cannot)")
-    rp.add_argument("model", metavar="NAME/VERSION", help="registered model version, e.g. claims-fraud/3 "
-                                                          "(or NAME@ALIAS)")
+    rp.add_argument("model", metavar="MODEL", help="NAME/VERSION, NAME@ALIAS, models:/NAME/VERSION or "
+                                                   "models:/NAME@ALIAS, e.g. claims-fraud/3")
     rp.add_argument("--spec", help="reproduce with this spec instead of the one logged with the run ('what if')")
     rp.add_argument("--register", action="store_true",
                     help="log and register the reproduction like `fti train` (never moves the alias)")
@@ -277,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(one transaction; a rerun reports the existing batch)")
     pb.add_argument("--spec", required=True)
     pb.add_argument("--feature-version", type=int, help="default: the latest committed version")
-    pb.add_argument("--model", metavar="NAME@ALIAS|NAME/VERSION",
-                    help="default: <spec model.name>@$FTI_MODEL_ALIAS (champion)")
+    pb.add_argument("--model", metavar="MODEL",
+                    help="NAME/VERSION, NAME@ALIAS or their models:/ forms; default: <spec model.name>@"
+                         "$FTI_MODEL_ALIAS (champion)")
     pb.add_argument("--replace", action="store_true",
                     help="delete and rewrite an existing batch for this feature and model version (atomically)")
     pb.add_argument("--json", action="store_true", help="print the summary as JSON")
