@@ -41,6 +41,12 @@ class Settings(MlflowSettings):
                             "from the fitted pipeline, used only after it is proven bit-identical at load")
     fast_path_tree_rows: int = Field(default=128, ge=0, le=100_000, description="batches up to this many rows walk "
                                      "all HistGradientBoosting trees at once; larger ones call the estimator")
+    online_fast_path: bool = Field(default=True, description="FTI_ONLINE_FAST_PATH: compute /predict's features "
+                                   "from the served feature version held in memory, in numpy, used only after "
+                                   "it is proven bit-identical to the pandas path at load")
+    feature_refresh_seconds: float = Field(default=2.0, gt=0, le=3600, description="FTI_FEATURE_REFRESH_SECONDS: "
+                                           "how often the online fast path checks for a newly published "
+                                           "feature version (then indexes, verifies and swaps it in)")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
     prediction_log: bool = Field(default=True, description="FTI_PREDICTION_LOG: record every prediction in "
                                  "fti_predictions (inputs, outputs, model and feature versions)")

@@ -24,7 +24,7 @@ from shared.spec import DatasetSpec
 @dataclass(frozen=True)
 class Scored:
     records: pd.DataFrame
-    features: pd.DataFrame
+    features: pd.DataFrame | None  # None when the numpy online path computed them
     proba: np.ndarray
     feature_version: int | None
 
@@ -47,10 +47,15 @@ def features_for(records: pd.DataFrame, spec: DatasetSpec, engine: Engine, versi
     return compute_online(records, history_events(engine, spec, version, records), spec, replay=replay)
 
 
-def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any) -> Scored:
+def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any, fast: Any = None) -> Scored:
+    """``fast``: a verified :class:`inference_service.online_fast.OnlineFeatures` for this model's inputs."""
     records, problems = normalize_records(raw_records, spec)
     if problems:
         raise RawDataError(problems.items, row_label="record", context="request")
+    if fast is not None and fast.features == list(model.features):
+        columns = fast.columns(records)
+        return Scored(records, None, scoring.predict_columns(model, columns, len(records)),
+                      fast.status.get("feature_version"))
     version = latest_version(engine, spec)
     feats = features_for(records, spec, engine, version)
     return Scored(records, feats, scoring.predict_proba(model, feats), version)

@@ -62,6 +62,7 @@ class Runtime:
     store_ready: bool = False
     started_at: float = field(default_factory=time.time)
     reload: ReloadState = field(init=False)
+    online: Any = None  # inference_service.online_fast.OnlineFeatures, verified; replaced as a whole
 
     def __post_init__(self) -> None:
         self._swap = threading.Lock()  # read-modify-write of ``model`` (confirm, fast-path upgrade) stays whole
@@ -194,6 +195,50 @@ class Runtime:
 
     async def _upgrade_then_freeze(self) -> None:
         await asyncio.to_thread(self.upgrade_scorer)
+        _freeze_heap()
+        if self.settings.online_fast_path:
+            await self.watch_features()
+
+    def online_for(self, model: LoadedModel) -> Any:
+        """The verified online fast path if it was built for this model's inputs, else None (pandas path)."""
+        online = self.online
+        if online is None or online.features != list(model.features):
+            return None
+        return online
+
+    async def watch_features(self) -> None:
+        """Keep the online fast path on the latest feature version and the served model's inputs."""
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh_online)
+            except Exception:  # noqa: BLE001 - the pandas path serves meanwhile
+                log.exception("online fast path refresh failed; the pandas path serves")
+                self.online = None
+            await asyncio.sleep(self.settings.feature_refresh_seconds)
+
+    def refresh_online(self) -> None:
+        """Index, verify and swap in the online fast path when the feature version or the model changed."""
+        from inference_service import online_fast
+
+        model = self.model
+        if model is None or model.scorer is None:
+            return
+        spec = self.spec.spec
+        version = ft.get_version(self.engine, spec.name).version if spec.features.history else None
+        current = self.online
+        if current is not None and current.status.get("feature_version") == version \
+                and current.features == list(model.features) and current.status.get("model") == model.version:
+            return
+        if current is None and getattr(self, "_online_refused", None) == (version, model.version):
+            return  # refused for this version and model: the pandas path serves until either changes
+        fast = online_fast.prepare(self.engine, spec, version, list(model.features), model.scorer.numeric,
+                                   model.certificate)
+        if fast is None:
+            self.online = None
+            self._online_refused = (version, model.version)
+            return
+        fast.status["model"] = model.version
+        self.online = fast
         _freeze_heap()
 
     def upgrade_scorer(self) -> None:

@@ -48,7 +48,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_id: str) -> dict[str, Any]:
     spec = runtime.spec.spec
-    scored = score(records, spec, runtime.engine, model)
+    scored = score(records, spec, runtime.engine, model, runtime.online_for(model))
     classes = model.classes
     labels = [str(c) for c in classes]
     ids = scored.records[spec.record_id].tolist()
