@@ -17,16 +17,33 @@ from sqlalchemy.engine import Engine
 from inference_service import scoring
 from shared import feature_table as ft
 from shared.features import compute_online
-from shared.raw import RawDataError, normalize_records
+from shared.raw import RawDataError, frame_from_arrays, normalize_records, record_arrays
 from shared.spec import DatasetSpec
 
 
-@dataclass(frozen=True)
+@dataclass
 class Scored:
-    records: pd.DataFrame
+    """What a request scored. ``records`` (the canonical frame) is built on first use when the
+    numpy online path served: the prediction log's thread needs it, the request path does not."""
+
+    _records: pd.DataFrame | None
     features: pd.DataFrame | None  # None when the numpy online path computed them
     proba: np.ndarray
     feature_version: int | None
+    arrays: dict[str, np.ndarray] | None = None
+    spec: DatasetSpec | None = None
+
+    @property
+    def records(self) -> pd.DataFrame:
+        if self._records is None:
+            assert self.arrays is not None and self.spec is not None
+            self._records = frame_from_arrays(self.arrays, len(self.proba), self.spec)
+        return self._records
+
+    def column(self, name: str) -> list[Any]:
+        if self._records is None and self.arrays is not None:
+            return list(self.arrays[name])
+        return self.records[name].tolist()
 
 
 def history_events(engine: Engine, spec: DatasetSpec, version: int | None, records: pd.DataFrame) -> pd.DataFrame:
@@ -49,13 +66,15 @@ def features_for(records: pd.DataFrame, spec: DatasetSpec, engine: Engine, versi
 
 def score(raw_records: list[Any], spec: DatasetSpec, engine: Engine, model: Any, fast: Any = None) -> Scored:
     """``fast``: a verified :class:`inference_service.online_fast.OnlineFeatures` for this model's inputs."""
+    if fast is not None and fast.features == list(model.features):
+        arrays, problems = record_arrays(raw_records, spec)
+        if problems:
+            raise RawDataError(problems.items, row_label="record", context="request")
+        proba = scoring.predict_columns(model, fast.columns(arrays), len(raw_records))
+        return Scored(None, None, proba, fast.status.get("feature_version"), arrays, spec)
     records, problems = normalize_records(raw_records, spec)
     if problems:
         raise RawDataError(problems.items, row_label="record", context="request")
-    if fast is not None and fast.features == list(model.features):
-        columns = fast.columns(records)
-        return Scored(records, None, scoring.predict_columns(model, columns, len(records)),
-                      fast.status.get("feature_version"))
     version = latest_version(engine, spec)
     feats = features_for(records, spec, engine, version)
     return Scored(records, feats, scoring.predict_proba(model, feats), version)

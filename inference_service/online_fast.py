@@ -29,7 +29,7 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from shared import feature_table as ft
-from shared.raw import normalize_records
+from shared.raw import NAT_MICROS, frame_from_arrays, record_arrays
 from shared.spec import ColumnType, DatasetSpec
 from shared.transformers import PointInTimeHistory
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _US_PER_DAY = 86_400_000_000
 _US_PER_HOUR = 3_600_000_000
-_NAT = np.iinfo(np.int64).min
+_NAT = NAT_MICROS
 GENERATED = 256
 SINGLE_CHECKS = 24
 
@@ -118,34 +118,27 @@ class OnlineFeatures:
             raise Unsupported("history features without an index")
         return cls(spec, index, list(features), numeric)
 
-    def columns(self, records: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The model's input columns for normalised records (as the scorer reads them)."""
+    def columns(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's input columns for normalised records (:func:`shared.raw.record_arrays`),
+        as the scorer reads them (numbers float64, categories objects with None for missing)."""
         spec = self.spec
-        n = len(records)
+        n = len(next(iter(arrays.values()))) if arrays else 0
         raw: dict[str, np.ndarray] = {}
-        for name in records.columns:
-            col = spec.columns.get(name)
-            if col is None:
-                continue
-            series = records[name]
-            if col.type == ColumnType.TIMESTAMP:
-                raw[name] = _epoch_us(series)
-            elif col.type.is_numeric:
-                raw[name] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        for name, values in arrays.items():
+            col = spec.columns[name]
+            if col.type.is_text and name not in (spec.record_id, spec.entity_key):
+                raw[name] = np.array([None if isinstance(v, float) and v != v else v for v in values], dtype=object)
             else:
-                raw[name] = series.to_numpy(dtype=object, na_value=None)
+                raw[name] = values
         out: dict[str, np.ndarray] = {}
         for d in spec.features.derived:
-            out[d.name] = _derive(d.op.value, [raw.get(c, out.get(c)) for c in d.inputs])
+            out[d.name] = _derive(d.op.value, [raw[c] if c in raw else out[c] for c in d.inputs])
         if spec.features.history:
             out.update(self._history(raw, n))
         cols: dict[str, np.ndarray] = {}
         for name in self.features:
             values = out[name] if name in out else raw[name]
-            if name in self.numeric:
-                cols[name] = np.asarray(values, dtype=np.float64)
-            else:
-                cols[name] = values
+            cols[name] = np.asarray(values, dtype=np.float64) if name in self.numeric else values
         return cols
 
     def _history(self, raw: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -232,10 +225,11 @@ def prepare(engine: Engine, spec: DatasetSpec, version: int | None, features: li
     if not records:
         log.warning("online fast path not used: no records to verify it on")
         return None
-    frame, problems = normalize_records(records, spec)
+    arrays, problems = record_arrays(records, spec)
     if problems:
         log.warning("online fast path not used: verification records invalid: %s", problems.items[:3])
         return None
+    frame = frame_from_arrays(arrays, len(records), spec)
 
     def same(a: dict[str, np.ndarray], b: pd.DataFrame, rows: slice) -> str | None:
         for name in features:
@@ -259,7 +253,7 @@ def prepare(engine: Engine, spec: DatasetSpec, version: int | None, features: li
     for a, b in regimes:
         part = frame.iloc[a:b].reset_index(drop=True)
         want = features_for(part, spec, engine, version)
-        diff = same(fast.columns(part), want, slice(a, b))
+        diff = same(fast.columns({k: v[a:b] for k, v in arrays.items()}), want, slice(a, b))
         if diff is not None:
             log.error("online fast path REFUSED (rows %d..%d): %s differs from the pandas path", a, b - 1, diff)
             return None

@@ -89,6 +89,9 @@ class RawDataError(ValueError):
 
 # --------------------------------------------------------------------------- helpers
 
+NAT_MICROS = np.iinfo(np.int64).min  # the missing timestamp, as epoch microseconds
+
+
 def _missing_mask(values: np.ndarray) -> np.ndarray:
     out = np.zeros(len(values), dtype=bool)
     for i, v in enumerate(values):
@@ -184,7 +187,17 @@ def _parse_text(values: np.ndarray, strict_json: bool) -> tuple[np.ndarray, list
 
 
 def _parse_timestamps(values: np.ndarray) -> tuple[pd.Series, list[int]]:
-    micros = np.full(len(values), np.iinfo(np.int64).min, dtype=np.int64)  # NaT sentinel
+    micros, bad = _parse_timestamp_micros(values)
+    return _timestamp_series(micros), bad
+
+
+def _timestamp_series(micros: np.ndarray) -> pd.Series:
+    return pd.Series(micros.view("datetime64[us]")).dt.tz_localize("UTC")
+
+
+def _parse_timestamp_micros(values: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Epoch microseconds (UTC), ``NAT_MICROS`` where missing, and the rows that could not be parsed."""
+    micros = np.full(len(values), NAT_MICROS, dtype=np.int64)  # NaT sentinel
     bad: list[int] = []
     for i, v in enumerate(values):
         if v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
@@ -211,8 +224,7 @@ def _parse_timestamps(values: np.ndarray) -> tuple[pd.Series, list[int]]:
             bad.append(i)
             continue
         micros[i] = int(ts.value // 1000)  # Timestamp.value is always in nanoseconds
-    out = pd.Series(micros.view("datetime64[us]")).dt.tz_localize("UTC")
-    return out, bad
+    return micros, bad
 
 
 def _as_object_array(series_or_values: Any) -> np.ndarray:
@@ -228,6 +240,29 @@ def _as_object_array(series_or_values: Any) -> np.ndarray:
 
 def _normalize_columns(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, columns: list[str],
                        *, strict_json: bool, problems: Problems) -> pd.DataFrame:
+    return frame_from_arrays(_normalize_arrays(data, n_rows, spec, columns, strict_json=strict_json,
+                                               problems=problems), n_rows, spec)
+
+
+def frame_from_arrays(arrays: Mapping[str, np.ndarray], n_rows: int, spec: DatasetSpec) -> pd.DataFrame:
+    """Normalised column arrays (``_normalize_arrays``) -> the canonical frame."""
+    out: dict[str, Any] = {}
+    for name, values in arrays.items():
+        out[name] = _timestamp_series(values) if spec.columns[name].type == ColumnType.TIMESTAMP \
+            and name not in (spec.record_id, spec.entity_key) else values
+    frame = pd.DataFrame(out, index=pd.RangeIndex(n_rows))
+    key_columns = {spec.record_id, spec.entity_key}
+    for name in arrays:
+        col = spec.columns[name]
+        if col.type.is_text or name in key_columns:
+            frame[name] = frame[name].astype(object)
+    return frame
+
+
+def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, columns: list[str],
+                      *, strict_json: bool, problems: Problems) -> dict[str, np.ndarray]:
+    """Each column's canonical values as a numpy array: numbers float64 (NaN missing), text objects
+    (NaN missing), timestamps epoch microseconds UTC (``NAT_MICROS`` missing), keys strings."""
     out: dict[str, Any] = {}
     key_columns = {spec.record_id, spec.entity_key}
     for name in columns:
@@ -268,26 +303,21 @@ def _normalize_columns(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, 
                 problems.add("too_long", f"longer than {col.max_length} characters", name, too_long)
             series = values_t
         else:
-            ts, bad = _parse_timestamps(raw)
+            micros, bad = _parse_timestamp_micros(raw)
             if bad:
                 problems.add("invalid_timestamp",
                              f"expected an ISO 8601 timestamp between {MIN_TIMESTAMP.year} and "
                              f"{MAX_TIMESTAMP.year}", name, bad)
-            series = ts
-            missing = missing | ts.isna().to_numpy()
+            series = micros
+            missing = missing | (micros == NAT_MICROS)
         if not col.nullable:
             null_rows = np.setdiff1d(np.flatnonzero(missing), np.asarray(bad, dtype=int))
             if len(null_rows):
                 problems.add("missing_value", "a value is required", name, null_rows)
         if name in key_columns:
-            series = _key_strings(series, col)
+            series = _key_strings(_timestamp_series(series) if col.type == ColumnType.TIMESTAMP else series, col)
         out[name] = series
-    frame = pd.DataFrame(out, index=pd.RangeIndex(n_rows))
-    for name in columns:
-        col = spec.columns[name]
-        if col.type.is_text or name in key_columns:
-            frame[name] = frame[name].astype(object)
-    return frame
+    return out
 
 
 def _key_strings(values: Any, col: ColumnSpec) -> np.ndarray:
@@ -333,7 +363,15 @@ def normalize_frame(frame: pd.DataFrame, spec: DatasetSpec, *, require_label: bo
 
 
 def normalize_records(records: Sequence[Any], spec: DatasetSpec) -> tuple[pd.DataFrame, Problems]:
-    """Normalise JSON prediction records (strict: numbers must be JSON numbers).
+    """Normalise JSON prediction records (strict: numbers must be JSON numbers); see :func:`record_arrays`."""
+    arrays, problems = record_arrays(records, spec)
+    if problems:
+        return pd.DataFrame(), problems
+    return frame_from_arrays(arrays, len(records), spec), problems
+
+
+def record_arrays(records: Sequence[Any], spec: DatasetSpec) -> tuple[dict[str, np.ndarray], Problems]:
+    """Normalise JSON prediction records into column arrays (strict: numbers must be JSON numbers).
 
     Every raw input column is required as a key (``null`` where missing); the
     label may be present and is ignored; any other key is an error, because a
@@ -367,6 +405,6 @@ def normalize_records(records: Sequence[Any], spec: DatasetSpec) -> tuple[pd.Dat
     for c, rows in list(unknown_by_col.items())[:20]:
         problems.add("unknown_field", "field is not part of the spec", c, rows)
     if problems:
-        return pd.DataFrame(), problems
-    out = _normalize_columns(data, len(records), spec, columns, strict_json=True, problems=problems)
+        return {}, problems
+    out = _normalize_arrays(data, len(records), spec, columns, strict_json=True, problems=problems)
     return out, problems

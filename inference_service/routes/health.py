@@ -47,7 +47,22 @@ def model(runtime: RuntimeDep) -> Any:
         "lineage": model.lineage(), "shared_version": shared_version, "load_seconds": round(model.load_seconds, 3),
         "certificate": model.verdict, "environment_overridden": model.env_overridden,
         "reload": runtime.reload.as_dict(model.version),
+        "online_features": _online(runtime, model),
     }
+
+
+def _online(runtime: Any, model: Any) -> dict[str, Any]:
+    """How /predict computes features: the verified numpy path (its status) or the pandas path (why)."""
+    online = runtime.online_for(model)
+    if online is not None:
+        return dict(online.status)
+    if not runtime.settings.online_fast_path:
+        return {"mode": "pandas", "reason": "disabled (FTI_ONLINE_FAST_PATH=false)"}
+    refused = getattr(runtime, "_online_refused", None)
+    if refused is not None and refused[1] == model.version:
+        return {"mode": "pandas", "reason": f"refused for feature version {refused[0]}: it differed from the "
+                                            "pandas path at load (see the log)"}
+    return {"mode": "pandas", "reason": "not verified yet"}
 
 
 def _scorer(model: Any) -> str:

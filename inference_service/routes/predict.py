@@ -51,7 +51,7 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
     scored = score(records, spec, runtime.engine, model, runtime.online_for(model))
     classes = model.classes
     labels = [str(c) for c in classes]
-    ids = scored.records[spec.record_id].tolist()
+    ids = scored.column(spec.record_id)
     out = []
     for i, row in enumerate(scored.proba):
         best = int(row.argmax())

@@ -165,6 +165,10 @@ def test_alone_and_in_any_batch_on_every_path(store: dict, family: str) -> None:
     _every_logged_prediction_recomputes(spec_path, env, engine, served_ids, family)
 
 
+def spec_path_record_id(spec_path: Path) -> str:
+    return load_spec(spec_path).spec.record_id
+
+
 def _every_logged_prediction_recomputes(spec_path: Path, env: dict, engine, ids: list[str], family: str) -> None:
     deadline = time.monotonic() + 30
     with engine.connect() as conn:
@@ -193,10 +197,15 @@ def _every_logged_prediction_recomputes(spec_path: Path, env: dict, engine, ids:
                 outputs["probabilities"][first] = float(np.nextafter(outputs["probabilities"][first], 2.0))
                 conn.execute(text("UPDATE fti_predictions SET outputs = :o WHERE prediction_id = :p"),
                              {"o": json.dumps(outputs), "p": victim})
-                row = conn.execute(text("SELECT inputs FROM fti_predictions WHERE prediction_id = :p"),
-                                   {"p": other}).scalar_one()
-                inputs = json.loads(row)
-                inputs["monthly_charges"] = (inputs.get("monthly_charges") or 10.0) * 1.5 + 1.0
+                # the edited input: another record's inputs, one whose logged answer differs (so the edit
+                # must move the recomputed answer, whatever the estimator)
+                logged = {r.prediction_id: r for r in conn.execute(text(
+                    "SELECT prediction_id, inputs, outputs FROM fti_predictions WHERE prediction_id IN ("
+                    + ",".join(f"'{p}'" for p in sample) + ")")).all()}
+                donor = next(p for p in sample[2:] if json.loads(logged[p].outputs)["probabilities"]
+                             != json.loads(logged[other].outputs)["probabilities"])
+                inputs = json.loads(logged[donor].inputs)
+                inputs[spec_path_record_id(spec_path)] = json.loads(logged[other].inputs)[spec_path_record_id(spec_path)]
                 conn.execute(text("UPDATE fti_predictions SET inputs = :i WHERE prediction_id = :p"),
                              {"i": json.dumps(inputs), "p": other})
             for pid in (victim, other):

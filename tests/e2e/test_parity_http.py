@@ -54,10 +54,70 @@ def served(tmp_path_factory):
     server = Server(spec_path, env, root / "server.log")
     try:
         ready = server.wait_ready()
+        _wait_online_fast(server)  # the numpy online path, proven equal at load, answers the tests below
         yield {"root": root, "spec_path": spec_path, "csv": csv_path, "env": env, "server": server,
                "ready": ready, "touched": touched}
     finally:
         server.stop()
+
+
+def _wait_online_fast(server: Server, timeout: float = 60) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server.url}/model", timeout=10).json()["online_features"]
+        if status["mode"] == "fast":
+            assert status["verified_records"] > 64 and status["index_rows"] > 0, status
+            return status
+        assert status["reason"] == "not verified yet", status
+        time.sleep(0.3)
+    raise AssertionError("the online fast path was not verified in time")
+
+
+def test_a_diverging_online_fast_path_is_refused_and_the_pandas_path_serves(served, tmp_path):
+    """A numpy derived feature one ulp off (injected into a real server) is caught at load."""
+    import textwrap
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from inference_service import online_fast
+
+        _orig = online_fast._derive
+
+        def _drifted(op, inputs):
+            out = _orig(op, inputs)
+            return np.nextafter(out, np.inf) if op == "log1p" else out
+
+        online_fast._derive = _drifted
+    """))
+    env = {**served["env"], "PYTHONPATH": str(inject)}
+    server = Server(served["spec_path"], env, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{server.url}/model", timeout=10).json()["online_features"]
+            if status["reason"] != "not verified yet":
+                break
+            time.sleep(0.3)
+        assert status["mode"] == "pandas" and status["reason"].startswith("refused"), status
+        spec = load_spec(served["spec_path"]).spec
+        frame, pipeline = _batch_features(served)
+        records = raw_json_records(served["csv"], served["spec_path"])
+        late = set(late_arrival_rows(frame, frame, spec)[spec.record_id])
+        chosen = [r for r in records if r[spec.record_id] not in late][:20]
+        body = _post(server.url, chosen)
+        got = np.array([[p["probabilities"][str(c)] for c in pipeline.classes_] for p in body["predictions"]])
+        assert np.array_equal(got, pipeline.predict_proba(frame.loc[[r[spec.record_id] for r in chosen],
+                                                                    spec.model_features]))
+    finally:
+        server.stop()
+    assert "online fast path REFUSED" in (tmp_path / "server.log").read_text()
 
 
 def _batch_features(served) -> tuple[pd.DataFrame, object]:
