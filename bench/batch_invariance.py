@@ -71,8 +71,8 @@ def main() -> None:
            "dataset": "tests/data/churn (all rows of one feature version)", "results": results}
     path = ROOT / "bench" / "results" / "batch_invariance.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print("| family | rows differing (of %d) | max abs diff | max ulps | fti scores the batch at once | "
-          "sklearn batch s | fti per-record s |" % results[0]["rows"])
+    print(f"| family | rows differing (of {results[0]['rows']}) | max abs diff | max ulps | fti scores the batch "
+          "at once | sklearn batch s | fti per-record s |")
     print("|---|---:|---:|---:|---|---:|---:|")
     for r in results:
         print(f"| {r['family']} | {r['rows_differing']} | {r['max_abs_diff']:.3g} | {r['max_ulps']:.0f} | "

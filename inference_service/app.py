@@ -26,7 +26,7 @@ from inference_service.model_loader import MlflowLoader
 from inference_service.observability import Observability, ObserveRequests
 from inference_service.prediction_log import PredictionLogWriter
 from inference_service.routes import health, metrics, mlflow_compat, predictions
-from inference_service.routes.predict import build_router
+from inference_service.routes.predict import PredictLane, build_router
 from inference_service.runtime import Runtime
 from inference_service.schemas import predict_request_schema
 from shared.db import make_engine
@@ -95,7 +95,25 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     app.include_router(metrics.build_router(obs))
     app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log,
                        log_bodies=settings.log_request_bodies, json_lines=settings.log_format == "json",
-                       fast_lane=mlflow_compat.FastLane(lambda: app.state.runtime, signature, obs,
-                                                        max_rows=settings.max_invocation_rows,
-                                                        max_body_bytes=settings.max_body_bytes))
+                       fast_lane=Lanes([mlflow_compat.FastLane(lambda: app.state.runtime, signature, obs,
+                                                               max_rows=settings.max_invocation_rows,
+                                                               max_body_bytes=settings.max_body_bytes),
+                                        PredictLane(lambda: app.state.runtime, obs,
+                                                    max_body_bytes=settings.max_body_bytes)]))
     return app
+
+
+class Lanes:
+    """The scoring hot paths the middleware answers itself (``/invocations``, ``/predict``), first match wins."""
+
+    def __init__(self, lanes: list[Any]):
+        self.lanes = lanes
+
+    def handles(self, scope: dict[str, Any]) -> bool:
+        return any(lane.handles(scope) for lane in self.lanes)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, state: dict[str, Any]) -> None:
+        for lane in self.lanes:
+            if lane.handles(scope):
+                await lane(scope, receive, send, state)
+                return

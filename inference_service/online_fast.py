@@ -65,7 +65,11 @@ class HistoryIndex:
 
     @classmethod
     def build(cls, engine: Engine, spec: DatasetSpec, version: int) -> HistoryIndex:
-        frame = ft.read_version(engine, spec, version)
+        return cls.from_frame(ft.read_version(engine, spec, version), spec, version)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, spec: DatasetSpec, version: int) -> HistoryIndex:
+        """From a decoded feature version (``ft.read_version``)."""
         ent = frame[spec.entity_key].astype(str).to_numpy()
         times = _epoch_us(frame[spec.event_time]) if spec.event_time else np.arange(len(frame), dtype=np.int64)
         inputs = sorted({h.input for h in spec.features.history if h.input})
@@ -278,7 +282,7 @@ def _verification_records(spec: DatasetSpec, index: HistoryIndex | None, certifi
     windows = sorted({float(h.window_days) for h in spec.features.history if h.window_days})
     nullable = [c for c in spec.raw_input_columns if spec.columns[c].nullable]
     entity_int = spec.columns[spec.entity_key].type == ColumnType.INT
-    for k in range(GENERATED):
+    for _ in range(GENERATED):
         rec = dict(base[int(rng.integers(len(base)))])
         if entities and spec.event_time and index is not None:
             ent = entities[int(rng.integers(len(entities)))]

@@ -331,7 +331,7 @@ def verify(cert: dict[str, Any], online: Callable[[list[dict[str, Any]], int, bo
     records, expected = cert["records"], np.asarray(cert["expected"], dtype=np.float64)
     features = cert["model_features"]
     version = int(cert["feature_version"])
-    live = set(int(i) for i in cert.get("live") or [])
+    live = {int(i) for i in cert.get("live") or []}
     replayed = [i for i in range(len(records)) if i not in live]
     live_idx = sorted(live)
     parts = [online([records[i] for i in replayed], version, True)] if replayed else []

@@ -13,6 +13,7 @@ a request could score with one version and label or log it as another.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from datetime import datetime
@@ -21,13 +22,12 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from inference_service import body as body_codec
-from inference_service.dependencies import ModelDep, RuntimeDep
 from inference_service.errors import error_response
 from inference_service.model_loader import LoadedModel
-from inference_service.observability import Observability, note
+from inference_service.observability import MAX_LOGGED_IDS, Observability, note
 from inference_service.online import Scored, score
 from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
@@ -37,6 +37,7 @@ from shared.prediction_table import canonical_json
 from shared.raw import RawDataError
 
 log = logging.getLogger(__name__)
+INLINE_MAX_RECORDS = 8  # scored on the event loop on the numpy online path (no thread hop); larger: a worker thread
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid JSON or invalid records (every problem listed)"},
@@ -89,43 +90,127 @@ def openapi_body(request_schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}}
 
 
+_DUMPS = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode  # as JSONResponse
+
+
+def _error(status: int, code: str, message: str, problems: list[dict[str, Any]] | None = None,
+           headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str], dict[str, Any]]:
+    r = error_response(status, code, message, problems, headers)
+    return status, bytes(r.body), dict(headers or {}), {"error": code}
+
+
+async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, request_id: str,
+                        obs: Observability) -> tuple[int, bytes, dict[str, str], dict[str, Any]]:
+    """One ``/predict`` request: (status, JSON body, headers, access-log fields).
+
+    Called by the route and by :class:`PredictLane` alike, so both answer byte for byte the same."""
+    model = runtime.model  # once: a hot reload may swap it meanwhile
+    if model is None:
+        return _error(503, "error", f"no model is loaded: {runtime.last_error or 'loading'}",
+                      headers={"Retry-After": "5"})
+    try:
+        body_codec.check_content_type(content_type)
+        payload = body_codec.decode(raw)
+    except body_codec.BodyError as exc:
+        return _error(exc.status, exc.code, str(exc))
+    if not isinstance(payload, dict) or set(payload) != {"records"}:
+        return _error(400, "bad_request", 'the body must be a JSON object {"records": [...]}')
+    records = payload["records"]
+    limit = runtime.settings.max_batch_rows
+    if not isinstance(records, list) or not records:
+        return _error(400, "bad_request", '"records" must be a non-empty array of objects')
+    if len(records) > limit:
+        return _error(413, "too_many_records", f"{len(records)} records; the limit is {limit} (FTI_MAX_BATCH_ROWS)")
+    try:
+        if len(records) <= INLINE_MAX_RECORDS and runtime.online_for(model) is not None:
+            result = _predict(runtime, model, records, request_id)  # ~1 ms: a thread hop would cost more
+        else:
+            result = await run_in_threadpool(_predict, runtime, model, records, request_id)
+    except RawDataError as exc:
+        return _error(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
+                      [p.as_dict() for p in exc.problems])
+    except ValueError as exc:  # the model refused the computed features (e.g. overflow once scaled)
+        log.warning("model refused the input (request %s): %s", request_id, str(exc)[:300])
+        return _error(400, "model_refused_input", "the model cannot score these records: "
+                      f"{str(exc).splitlines()[0][:200]}")
+    except FeatureStoreError as exc:
+        log.error("feature store unavailable (request %s): %s", request_id, exc)
+        return _error(503, "feature_store_unavailable", "history features cannot be read right now",
+                      headers={"Retry-After": "5"})
+    obs.scored("/predict", model.version, result.pop("_proba"))
+    ids = [p["prediction_id"] for p in result["predictions"]]
+    fields: dict[str, Any] = {"model_name": model.name, "rows": len(records),
+                              "feature_version": result["feature_version"],
+                              "prediction_ids": ids[:MAX_LOGGED_IDS]}
+    if len(ids) > MAX_LOGGED_IDS:
+        fields["prediction_ids_truncated"] = True
+    return 200, _DUMPS(result).encode(), {"X-Model-Name": model.name, "X-Model-Version": model.version}, fields
+
+
+class PredictLane:
+    """``POST /predict`` straight from the ASGI middleware, past FastAPI's routing, dependency injection
+    and thread pool; same function (:func:`score_predict`), body limit and errors as the route, which
+    stays registered for the OpenAPI document."""
+
+    def __init__(self, runtime_getter: Any, obs: Observability, *, max_body_bytes: int):
+        self.runtime = runtime_getter
+        self.obs = obs
+        self.max_body = max_body_bytes
+
+    def handles(self, scope: dict[str, Any]) -> bool:
+        return scope["path"] == "/predict" and scope["method"] == "POST"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, state: dict[str, Any]) -> None:
+        content_type = None
+        too_large = _error(413, "payload_too_large", "Content Too Large")
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                content_type = v.decode("latin-1")
+            elif k == b"content-length" and v.isdigit() and int(v) > self.max_body:
+                await _send(send, *too_large[:3])
+                return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await _send(send, *too_large[:3])
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            status, body, headers, fields = await score_predict(self.runtime(), content_type, b"".join(chunks),
+                                                                state["request_id"], self.obs)
+        except Exception:  # noqa: BLE001 - as the app's handler: generic 500, details in the log
+            log.exception("unexpected error on POST /predict (request %s)", state["request_id"])
+            status, body, headers, fields = _error(500, "internal_error", "an unexpected error occurred; see the "
+                                                   f"server log (request {state['request_id']})")
+        state["log"].update(fields)
+        await _send(send, status, body, headers)
+
+
+async def _send(send: Any, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 def build_router(request_schema: dict[str, Any], obs: Observability) -> APIRouter:
     r = APIRouter(tags=["predict"])
 
     @r.post("/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=openapi_body(request_schema),
             summary="Score raw records (the fields the feature pipeline reads)")
-    async def predict(request: Request, runtime: RuntimeDep, model: ModelDep) -> JSONResponse:
-        request_id = request.state.request_id  # set by ObserveRequests, also on the response
-        try:
-            body_codec.check_content_type(request.headers.get("content-type"))
-            payload = body_codec.decode(await request.body())
-        except body_codec.BodyError as exc:
-            return error_response(exc.status, exc.code, str(exc))
-        if not isinstance(payload, dict) or set(payload) != {"records"}:
-            return error_response(400, "bad_request", 'the body must be a JSON object {"records": [...]}')
-        records = payload["records"]
-        limit = runtime.settings.max_batch_rows
-        if not isinstance(records, list) or not records:
-            return error_response(400, "bad_request", '"records" must be a non-empty array of objects')
-        if len(records) > limit:
-            return error_response(413, "too_many_records", f"{len(records)} records; the limit is {limit} "
-                                  "(FTI_MAX_BATCH_ROWS)")
-        try:
-            result = await run_in_threadpool(_predict, runtime, model, records, request_id)
-        except RawDataError as exc:
-            return error_response(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
-                                  [p.as_dict() for p in exc.problems])
-        except ValueError as exc:  # the model refused the computed features (e.g. overflow once scaled)
-            log.warning("model refused the input (request %s): %s", request_id, str(exc)[:300])
-            return error_response(400, "model_refused_input", "the model cannot score these records: "
-                                  f"{str(exc).splitlines()[0][:200]}")
-        except FeatureStoreError as exc:
-            log.error("feature store unavailable (request %s): %s", request_id, exc)
-            return error_response(503, "feature_store_unavailable", "history features cannot be read right now",
-                                  headers={"Retry-After": "5"})
-        obs.scored("/predict", model.version, result.pop("_proba"))
-        note(request, model_name=model.name, rows=len(records), feature_version=result["feature_version"],
-             prediction_ids=[p["prediction_id"] for p in result["predictions"]])
-        return JSONResponse(result, headers={"X-Model-Name": model.name, "X-Model-Version": model.version})
+    async def predict(request: Request) -> Response:
+        """Reached only when the lane is off (see :class:`PredictLane`); same code either way."""
+        status, body, headers, fields = await score_predict(
+            request.app.state.runtime, request.headers.get("content-type"), await request.body(),
+            request.state.request_id, obs)
+        note(request, **fields)
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     return r
