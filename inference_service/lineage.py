@@ -37,6 +37,7 @@ from inference_service.model_loader import LoadedModel, _client
 from inference_service.online import certificate_features
 from shared import feature_table as ft
 from shared.prediction_table import LoggedPrediction, get_prediction
+from shared.registry_contract import ENV_TAG_PREFIX, GATE_TAG_PREFIX, LIB_TAG_PREFIX, Tag
 from shared.spec import LoadedSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -120,9 +121,9 @@ def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec |
         tags = dict(mv.tags or {})
         model.update({"status": getattr(mv, "status", None), "registered_at": _ms_iso(mv.creation_timestamp),
                       "aliases": sorted(getattr(mv, "aliases", None) or []), "source": mv.source,
-                      "validated": tags.get("fti.validated") == "true",
-                      "gate": {k.removeprefix("fti.gate."): v for k, v in sorted(tags.items())
-                               if k.startswith("fti.gate.")}})
+                      "validated": tags.get(Tag.VALIDATED) == "true",
+                      "gate": {k.removeprefix(GATE_TAG_PREFIX): v for k, v in sorted(tags.items())
+                               if k.startswith(GATE_TAG_PREFIX)}})
     except Exception as exc:  # noqa: BLE001 - report, keep going
         problems.append(f"model version {logged.model_name}/{logged.model_version}: {_err(exc)}")
     if client is not None:
@@ -137,7 +138,7 @@ def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec |
     out["model"] = model
 
     # ---- training run
-    run_id = tags.get("fti.run_id") or None
+    run_id = tags.get(Tag.RUN_ID) or None
     run: dict[str, Any] = {"run_id": run_id}
     if run_id and client is not None:
         try:
@@ -152,10 +153,10 @@ def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec |
     out["training_run"] = run
 
     # ---- feature versions: trained on (tags vs manifest) and history read at prediction time
-    trained_v = tags.get("fti.feature_version")
+    trained_v = tags.get(Tag.FEATURE_VERSION)
     trained: dict[str, Any] = {"version": int(trained_v) if trained_v and trained_v.isdigit() else None,
-                               "as_of": tags.get("fti.feature_as_of"), "checksum": tags.get("fti.feature_checksum")}
-    dataset = tags.get("fti.dataset") or logged.dataset
+                               "as_of": tags.get(Tag.FEATURE_AS_OF), "checksum": tags.get(Tag.FEATURE_CHECKSUM)}
+    dataset = tags.get(Tag.DATASET) or logged.dataset
     manifest = None
     if trained["version"] is not None:
         try:
@@ -163,7 +164,7 @@ def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec |
             trained["manifest"] = _manifest_summary(manifest)
             trained["manifest_matches_model_tags"] = (manifest.checksum == trained["checksum"]
                                                       and ft.iso_utc(manifest.as_of) == trained["as_of"]
-                                                      and manifest.source_sha256 == tags.get("fti.source_sha256"))
+                                                      and manifest.source_sha256 == tags.get(Tag.SOURCE_SHA256))
             if not trained["manifest_matches_model_tags"]:
                 problems.append(f"feature version {trained['version']}: manifest differs from the model's tags")
         except Exception as exc:  # noqa: BLE001
@@ -177,16 +178,16 @@ def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec |
     out["features"] = {"dataset": dataset, "trained_on": trained, "history_read_from": history}
 
     # ---- source, spec, code, environment
-    out["source"] = {"sha256": tags.get("fti.source_sha256"),
+    out["source"] = {"sha256": tags.get(Tag.SOURCE_SHA256),
                      "format": manifest.source_format if manifest else None,
                      "location": manifest.source_location if manifest else None}
-    out["spec"] = {"hash": tags.get("fti.spec_hash"), "feature_hash": tags.get("fti.feature_spec_hash"),
+    out["spec"] = {"hash": tags.get(Tag.SPEC_HASH), "feature_hash": tags.get(Tag.FEATURE_SPEC_HASH),
                    "feature_job_spec_hash": manifest.spec_hash if manifest else None}
-    out["code"] = {"commit": tags.get("fti.code_commit"), "shared_version": tags.get("fti.shared_version"),
+    out["code"] = {"commit": tags.get(Tag.CODE_COMMIT), "shared_version": tags.get(Tag.SHARED_VERSION),
                    "feature_job_commit": manifest.code_commit if manifest else None,
-                   "estimator": tags.get("fti.estimator"), "seed": tags.get("fti.seed")}
-    out["environment"] = {k.removeprefix("fti.env."): v for k, v in sorted(tags.items()) if k.startswith("fti.env.")}
-    out["libraries"] = {k.removeprefix("fti.lib."): v for k, v in sorted(tags.items()) if k.startswith("fti.lib.")}
+                   "estimator": tags.get(Tag.ESTIMATOR), "seed": tags.get(Tag.SEED)}
+    out["environment"] = {k.removeprefix(ENV_TAG_PREFIX): v for k, v in sorted(tags.items()) if k.startswith(ENV_TAG_PREFIX)}
+    out["libraries"] = {k.removeprefix(LIB_TAG_PREFIX): v for k, v in sorted(tags.items()) if k.startswith(LIB_TAG_PREFIX)}
 
     # ---- recompute
     out["recomputed"] = False

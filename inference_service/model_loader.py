@@ -21,6 +21,7 @@ import yaml
 
 from shared import fingerprint
 from shared.certificate import CERTIFICATE_FILE
+from shared.registry_contract import TAG_PREFIX, Artifact, Tag
 from shared.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ class LoadedModel:
 
     @property
     def trained_feature_version(self) -> int | None:
-        v = self.tags.get("fti.feature_version")
+        v = self.tags.get(Tag.FEATURE_VERSION)
         return int(v) if v and v.isdigit() else None
 
     def lineage(self) -> dict[str, Any]:
-        return {k.removeprefix("fti."): v for k, v in sorted(self.tags.items()) if k.startswith("fti.")}
+        return {k.removeprefix(TAG_PREFIX): v for k, v in sorted(self.tags.items()) if k.startswith(TAG_PREFIX)}
 
 
 def _client(tracking_uri: str, registry_uri: str) -> Any:
@@ -151,13 +152,13 @@ class MlflowLoader:
         model_dir = self.fetch(name, str(mv.version))
         tags = dict(mv.tags or {})
         return self.load_dir(spec, model_dir, name, str(mv.version), alias=alias, tags=tags,
-                             run_id=str(mv.run_id or tags.get("fti.run_id", "")), t0=t0, prepare_fast=prepare_fast)
+                             run_id=str(mv.run_id or tags.get(Tag.RUN_ID, "")), t0=t0, prepare_fast=prepare_fast)
 
     def load_dir(self, spec: DatasetSpec, model_dir: Path, name: str, version: str, *, alias: str,
                  tags: dict[str, str], run_id: str, t0: float, alias_confirmed: bool = True,
                  prepare_fast: bool = True) -> LoadedModel:
         """Every check, on a model already on disk (no registry call, no mlflow import)."""
-        environment = _read_json(model_dir / "extra_files" / "environment.json")
+        environment = _read_json(model_dir / "extra_files" / Artifact.ENVIRONMENT)
         overridden = self.check_environment(name, version, environment, spec)
         certificate = _read_json(model_dir / "extra_files" / CERTIFICATE_FILE)
         if certificate is None:
@@ -250,13 +251,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def check_contract(spec: DatasetSpec, name: str, version: str, tags: dict[str, str], features: list[str]) -> None:
-    if tags.get("fti.validated") != "true":
+    if tags.get(Tag.VALIDATED) != "true":
         raise ModelLoadError(f"{name} version {version} is not tagged fti.validated=true "
                              "(its registry round-trip check did not pass)")
     if features != spec.model_features:
         raise ModelLoadError(f"{name} version {version} expects features {features[:6]}..., the spec serves "
                              f"{spec.model_features[:6]}...: serve it with the spec it was trained with")
-    model_hash = tags.get("fti.feature_spec_hash")
+    model_hash = tags.get(Tag.FEATURE_SPEC_HASH)
     if model_hash != spec.feature_hash:
         raise ModelLoadError(f"{name} version {version} was trained with different feature definitions "
                              f"(feature spec hash {str(model_hash)[:12]} vs {spec.feature_hash[:12]} of the "

@@ -23,10 +23,11 @@ import pandas as pd
 
 from shared import feature_table as ft
 from shared import rowwise
+from shared.registry_contract import Artifact
 from shared.spec import ColumnType, DatasetSpec
 
 CERTIFICATE_FORMAT = 1
-CERTIFICATE_FILE = "certificate.json"
+CERTIFICATE_FILE = Artifact.CERTIFICATE
 
 
 def _json_scalar(value: Any, ctype: ColumnType) -> Any:

@@ -23,6 +23,7 @@ from shared import feature_table as ft
 from shared import fingerprint, rowwise
 from shared.db import make_engine
 from shared.provenance import code_commit, shared_version
+from shared.registry_contract import ENV_TAG_PREFIX, LIB_TAG_PREFIX, Artifact, Tag
 from shared.spec import DatasetSpec, LoadedSpec
 from training_pipeline import register as reg
 from training_pipeline.config import Settings
@@ -50,27 +51,27 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int,
     """Tags for the run and the model version; ``env`` is the fingerprint the model is stored with."""
     env = env if env is not None else fingerprint.capture(loaded.spec.model.estimator.class_path)
     tags = {
-        "fti.dataset": info.dataset,
-        "fti.feature_version": str(info.version),
-        "fti.feature_checksum": info.checksum,
-        "fti.feature_as_of": ft.iso_utc(info.as_of),
-        "fti.source_sha256": info.source_sha256,
-        "fti.spec_hash": loaded.hash,
-        "fti.feature_spec_hash": loaded.spec.feature_hash,
-        "fti.model_features": ",".join(loaded.spec.model_features),
-        "fti.code_commit": code_commit(),
-        "fti.shared_version": shared_version(),
-        "fti.seed": str(seed),
-        "fti.estimator": loaded.spec.model.estimator.class_path,
+        Tag.DATASET: info.dataset,
+        Tag.FEATURE_VERSION: str(info.version),
+        Tag.FEATURE_CHECKSUM: info.checksum,
+        Tag.FEATURE_AS_OF: ft.iso_utc(info.as_of),
+        Tag.SOURCE_SHA256: info.source_sha256,
+        Tag.SPEC_HASH: loaded.hash,
+        Tag.FEATURE_SPEC_HASH: loaded.spec.feature_hash,
+        Tag.MODEL_FEATURES: ",".join(loaded.spec.model_features),
+        Tag.CODE_COMMIT: code_commit(),
+        Tag.SHARED_VERSION: shared_version(),
+        Tag.SEED: str(seed),
+        Tag.ESTIMATOR: loaded.spec.model.estimator.class_path,
     }
     for name in fingerprint.ENFORCED:
-        tags[f"fti.lib.{name}"] = env["enforced"][name]
-    tags["fti.env.python"] = env["python"]
-    tags["fti.env.lock_sha256"] = env["lock_sha256"]
+        tags[LIB_TAG_PREFIX + name] = env["enforced"][name]
+    tags[Tag.ENV_PYTHON] = env["python"]
+    tags[Tag.ENV_LOCK_SHA256] = env["lock_sha256"]
     for name, version in env["enforced"].items():
-        tags[f"fti.env.{name}"] = version
+        tags[ENV_TAG_PREFIX + name] = version
     if env["image"]:
-        tags["fti.env.image"] = env["image"]
+        tags[Tag.ENV_IMAGE] = env["image"]
     return tags
 
 
@@ -134,8 +135,8 @@ def find_trained(loaded: LoadedSpec, info: ft.VersionInfo) -> str | None:
         return None
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = mv.tags or {}
-        if (tags.get("fti.validated") == "true" and tags.get("fti.spec_hash") == loaded.hash
-                and tags.get("fti.feature_checksum") == info.checksum):
+        if (tags.get(Tag.VALIDATED) == "true" and tags.get(Tag.SPEC_HASH) == loaded.hash
+                and tags.get(Tag.FEATURE_CHECKSUM) == info.checksum):
             return str(mv.version)
     return None
 
@@ -191,32 +192,32 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
                                  primary_metric=primary).items():
             mlflow.log_figure(fig, path)
         reg.log_file(loaded.path, "spec")
-        reg.log_json(info.as_dict(), "lineage/feature_version.json")
+        reg.log_json(info.as_dict(), Artifact.FEATURE_VERSION)
         log.info("[3/5] logged params, metrics, plots and lineage to run %s", run_id)
 
         certificate = certmod.build(data.test, spec, pipe, info, seed=seed,
                                      pool=pd.concat([data.train, data.test], ignore_index=True))
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
-            for name, obj in ((certmod.CERTIFICATE_FILE, certificate), ("environment.json", environment)):
+            for name, obj in ((certmod.CERTIFICATE_FILE, certificate), (Artifact.ENVIRONMENT, environment)):
                 path = Path(tmp) / name
                 path.write_text(json.dumps(obj, indent=1, sort_keys=True))
                 paths.append(str(path))
             model_info = reg.log_model(pipe, spec, data.X_train.head(50), extra_files=paths)
-        mv = reg.register(model_info.model_uri, spec.model.name, {**tags, "fti.run_id": run_id})
+        mv = reg.register(model_info.model_uri, spec.model.name, {**tags, Tag.RUN_ID: run_id})
         reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
-        reg.set_version_tags(spec.model.name, mv.version, {"fti.validated": "true"})
+        reg.set_version_tags(spec.model.name, mv.version, {Tag.VALIDATED: "true"})
         log.info("[4/5] registered %s version %s (registry round trip: identical predictions)",
                  spec.model.name, mv.version)
 
         decision = reg.gate(spec.model.name, settings.alias, metric=primary, candidate_score=metrics[primary],
                             X=data.X_test, y=data.y_test, policy=promote)
-        gate_tags = {"fti.gate.promoted": str(decision.promoted).lower(), "fti.gate.reason": decision.reason,
-                     "fti.gate.champion_version": str(decision.champion_version or "")}
+        gate_tags = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
+                     Tag.GATE_CHAMPION_VERSION: str(decision.champion_version or "")}
         mlflow.set_tags(gate_tags)
         if decision.champion_score is not None:
             mlflow.log_metric(f"gate_champion_{primary}", decision.champion_score)
-        reg.log_json(decision.as_dict(), "gate/decision.json")
+        reg.log_json(decision.as_dict(), Artifact.GATE_DECISION)
         reg.set_version_tags(spec.model.name, mv.version, gate_tags)
         if decision.promoted:
             reg.set_alias(spec.model.name, settings.alias, mv.version)

@@ -55,6 +55,7 @@ from shared.db import make_engine
 from shared.model_ref import ModelRefError
 from shared.provenance import code_commit
 from shared.raw import RawDataError
+from shared.registry_contract import ENV_TAG_PREFIX, Artifact, Tag
 from shared.source import Extracted, SourceError, extract, file_location
 from shared.spec import DatasetSpec, LoadedSpec, SpecError, load_spec
 from training_pipeline import register as reg
@@ -66,8 +67,8 @@ log = logging.getLogger(__name__)
 
 IDENTICAL = "IDENTICAL"
 DIFFERENT = "DIFFERENT"
-REQUIRED_TAGS = ("fti.dataset", "fti.feature_version", "fti.feature_checksum", "fti.feature_as_of",
-                 "fti.spec_hash")
+REQUIRED_TAGS = (Tag.DATASET, Tag.FEATURE_VERSION, Tag.FEATURE_CHECKSUM, Tag.FEATURE_AS_OF,
+                 Tag.SPEC_HASH)
 SHOW = 5  # ids / fields named per line of the text report
 KEEP = 200  # ids kept per list in the JSON report
 _ABSENT = object()
@@ -429,7 +430,7 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
     if missing:
         raise ReproduceError(f"{name}/{version} lacks the lineage tags {', '.join(missing)}: it was not "
                              "registered by `fti train`, so there is nothing to reproduce it from")
-    run_id = str(mv.run_id or tags.get("fti.run_id") or "")
+    run_id = str(mv.run_id or tags.get(Tag.RUN_ID) or "")
     if not run_id:
         raise ReproduceError(f"{name}/{version} has no source run (run_id): cannot read its params and spec")
     run = client.get_run(run_id)
@@ -449,8 +450,8 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
         if certificate is None:
             raise ReproduceError(f"{name}/{version} has no extra_files/{CERTIFICATE_FILE}: it was trained by an "
                                  "older fti; its predictions cannot be compared record by record")
-        environment = _read_json(model_dir / "extra_files" / "environment.json")
-        manifest_artifact = _download_json(client, run_id, "lineage/feature_version.json", tmp / "lineage")
+        environment = _read_json(model_dir / "extra_files" / Artifact.ENVIRONMENT)
+        manifest_artifact = _download_json(client, run_id, Artifact.FEATURE_VERSION, tmp / "lineage")
 
         loaded = load_spec(spec_path) if spec_path else recorded_spec
         spec = loaded.spec
@@ -458,13 +459,13 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
 
         # --- feature data
         log.info("[2/5] checking feature version %s and rebuilding it from the source as of %s",
-                 tags["fti.feature_version"], tags["fti.feature_as_of"])
+                 tags[Tag.FEATURE_VERSION], tags[Tag.FEATURE_AS_OF])
         data = _feature_data(report, settings, tags, recorded_spec, loaded, spec_path, manifest_artifact)
         if register and not data.published:
             raise ReproduceError(
                 "--register: the reproduction would train on an unpublished rebuild of the features, and a "
                 "registered model must name a stored feature version (serving looks up history in it): publish "
-                f"it with `fti features run --spec ... --as-of {tags['fti.feature_as_of']}` and run `fti reproduce` "
+                f"it with `fti features run --spec ... --as-of {tags[Tag.FEATURE_AS_OF]}` and run `fti reproduce` "
                 "again, or use `fti train`")
 
         # --- retrain
@@ -479,10 +480,10 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
         _compare_params_metrics(report, loaded, run, dataset, fitted)
         _compare_environment(report, environment, tags, spec)
         running_commit = code_commit()
-        report.code = {"recorded": tags.get("fti.code_commit"), "running": running_commit,
-                       "same": tags.get("fti.code_commit") == running_commit}
+        report.code = {"recorded": tags.get(Tag.CODE_COMMIT), "running": running_commit,
+                       "same": tags.get(Tag.CODE_COMMIT) == running_commit}
         if not report.code["same"]:
-            report.notes.append(f"code: trained at commit {tags.get('fti.code_commit')}, reproduced at "
+            report.notes.append(f"code: trained at commit {tags.get(Tag.CODE_COMMIT)}, reproduced at "
                                 f"{running_commit}")
         log.info("[4/5] compared predictions, params, metrics, spec, features and environment: %s",
                  report.verdict)
@@ -501,26 +502,26 @@ def _compare_specs(report: Report, recorded: LoadedSpec, loaded: LoadedSpec, tag
     changes = spec_changes(recorded.spec, spec)
     report.spec = {
         "from": f"--spec {spec_path}" if spec_path else "the spec logged with the run",
-        "hash": {"recorded": tags.get("fti.spec_hash"), "reproduced": loaded.hash,
-                 "equal": tags.get("fti.spec_hash") == loaded.hash},
-        "feature_hash": {"recorded": tags.get("fti.feature_spec_hash"), "reproduced": spec.feature_hash,
-                         "equal": tags.get("fti.feature_spec_hash") in (None, spec.feature_hash)},
+        "hash": {"recorded": tags.get(Tag.SPEC_HASH), "reproduced": loaded.hash,
+                 "equal": tags.get(Tag.SPEC_HASH) == loaded.hash},
+        "feature_hash": {"recorded": tags.get(Tag.FEATURE_SPEC_HASH), "reproduced": spec.feature_hash,
+                         "equal": tags.get(Tag.FEATURE_SPEC_HASH) in (None, spec.feature_hash)},
         "changes": [{"path": p, "recorded": None if a is _ABSENT else a, "reproduced": None if b is _ABSENT else b}
                     for p, a, b in changes],
     }
-    if recorded.hash != tags.get("fti.spec_hash"):
+    if recorded.hash != tags.get(Tag.SPEC_HASH):
         report.differences.append(f"spec: the spec logged with the run hashes to {_short(recorded.hash)}, not to "
-                                  f"the recorded fti.spec_hash {_short(tags.get('fti.spec_hash'))}")
+                                  f"the recorded fti.spec_hash {_short(tags.get(Tag.SPEC_HASH))}")
     for p, a, b in changes:
         if inert_change(p):
             report.notes.append(f"spec: {describe_change(p, a, b)} (where the data lives or documentation only: "
                                 "not a difference, the data itself is compared by sha256 and checksum)")
         else:
             report.differences.append(f"spec: {describe_change(p, a, b)}")
-    if not changes and not report.spec["hash"]["equal"] and recorded.hash == tags.get("fti.spec_hash"):
-        report.differences.append(f"spec: content hash {_short(tags.get('fti.spec_hash'))} -> {_short(loaded.hash)}")
+    if not changes and not report.spec["hash"]["equal"] and recorded.hash == tags.get(Tag.SPEC_HASH):
+        report.differences.append(f"spec: content hash {_short(tags.get(Tag.SPEC_HASH))} -> {_short(loaded.hash)}")
     if not report.spec["feature_hash"]["equal"]:
-        report.notes.append(f"spec: feature hash {_short(tags.get('fti.feature_spec_hash'))} -> "
+        report.notes.append(f"spec: feature hash {_short(tags.get(Tag.FEATURE_SPEC_HASH))} -> "
                             f"{_short(spec.feature_hash)}: the model inputs are defined differently (the "
                             "inference service would refuse to serve one model with the other spec)")
 
@@ -552,12 +553,12 @@ def _source_location(report: Report, recorded: LoadedSpec, loaded: LoadedSpec, s
 def _feature_data(report: Report, settings: Settings, tags: dict[str, str], recorded: LoadedSpec,
                   loaded: LoadedSpec, spec_path: str | None, manifest_artifact: dict[str, Any] | None) -> _Data:
     spec = loaded.spec
-    dataset_name = tags["fti.dataset"]
-    fv = int(tags["fti.feature_version"])
-    recorded_checksum = tags["fti.feature_checksum"]
-    as_of = featureset.parse_as_of(tags["fti.feature_as_of"])
+    dataset_name = tags[Tag.DATASET]
+    fv = int(tags[Tag.FEATURE_VERSION])
+    recorded_checksum = tags[Tag.FEATURE_CHECKSUM]
+    as_of = featureset.parse_as_of(tags[Tag.FEATURE_AS_OF])
     feats: dict[str, Any] = {"dataset": dataset_name, "version": fv, "recorded_checksum": recorded_checksum,
-                             "as_of": tags["fti.feature_as_of"]}
+                             "as_of": tags[Tag.FEATURE_AS_OF]}
     report.features = feats
     engine = make_engine(settings.feature_store_url)
     try:
@@ -589,7 +590,7 @@ def _feature_data(report: Report, settings: Settings, tags: dict[str, str], reco
         try:
             src: Extracted = extract(loaded, location=location)
             rebuild.update({"source_location": src.location, "source_sha256": src.sha256,
-                            "recorded_source_sha256": tags.get("fti.source_sha256")})
+                            "recorded_source_sha256": tags.get(Tag.SOURCE_SHA256)})
             built = featureset.build(loaded, src, as_of=as_of)
         except SourceError as exc:
             rebuild["error"] = f"source not readable: {exc}"
@@ -650,21 +651,21 @@ def _report_rebuild(report: Report, engine: Any, built: featureset.Built, rebuil
                     recorded: LoadedSpec, loaded: LoadedSpec, stored_info: ft.VersionInfo | None,
                     tags: dict[str, str]) -> None:
     feats = report.features
-    recorded_checksum = tags["fti.feature_checksum"]
-    sha_changed = bool(tags.get("fti.source_sha256")) and rebuild["source_sha256"] != tags.get("fti.source_sha256")
+    recorded_checksum = tags[Tag.FEATURE_CHECKSUM]
+    sha_changed = bool(tags.get(Tag.SOURCE_SHA256)) and rebuild["source_sha256"] != tags.get(Tag.SOURCE_SHA256)
     equal = built.checksum == recorded_checksum
     rebuild.update({"source_changed": sha_changed, "checksum": built.checksum, "equal": equal,
                     "rows": built.manifest["row_count"], "stats": built.stats})
     no_ingestion = built.stats.get("ingestion_time") is None
     if sha_changed and equal:
         report.notes.append(
-            f"source changed since training (sha256 {_short(tags.get('fti.source_sha256'))} -> "
+            f"source changed since training (sha256 {_short(tags.get(Tag.SOURCE_SHA256))} -> "
             f"{_short(rebuild['source_sha256'])}), but rebuilding it as of {feats['as_of']} gives the recorded "
             f"features: only rows known after the cutoff ({built.stats.get('after_cutoff')} now, "
             f"{built.stats.get('late_arrivals')} of them late arrivals with an earlier event time) or the row "
             "order changed")
     elif sha_changed:
-        report.differences.append(f"source changed: sha256 {_short(tags.get('fti.source_sha256'))} -> "
+        report.differences.append(f"source changed: sha256 {_short(tags.get(Tag.SOURCE_SHA256))} -> "
                                   f"{_short(rebuild['source_sha256'])} ({rebuild['source_location']})")
     if equal:
         return
@@ -768,11 +769,11 @@ def _compare_environment(report: Report, environment: dict[str, Any] | None, tag
                          spec: DatasetSpec) -> None:
     running = fingerprint.capture(spec.model.estimator.class_path)
     if environment is None:  # older models: the fti.env.* tags only
-        environment = {"python": tags.get("fti.env.python"), "lock_sha256": tags.get("fti.env.lock_sha256"),
-                       "shared_version": tags.get("fti.shared_version"),
-                       "enforced": {k.removeprefix("fti.env."): v for k, v in tags.items()
-                                    if k.startswith("fti.env.") and k not in ("fti.env.python", "fti.env.lock_sha256",
-                                                                             "fti.env.image")}}
+        environment = {"python": tags.get(Tag.ENV_PYTHON), "lock_sha256": tags.get(Tag.ENV_LOCK_SHA256),
+                       "shared_version": tags.get(Tag.SHARED_VERSION),
+                       "enforced": {k.removeprefix(ENV_TAG_PREFIX): v for k, v in tags.items()
+                                    if k.startswith(ENV_TAG_PREFIX) and k not in (Tag.ENV_PYTHON, Tag.ENV_LOCK_SHA256,
+                                                                             Tag.ENV_IMAGE)}}
         diffs = fingerprint.compare_enforced(environment, running)
         report.notes.append("environment: the model has no environment.json; compared the fti.env.* tags only")
     else:
@@ -796,8 +797,8 @@ def _compare_environment(report: Report, environment: dict[str, Any] | None, tag
 def _register(report: Report, settings: Settings, loaded: LoadedSpec, dataset: Any, fitted: Fitted,
               name: str, version: str) -> dict[str, Any]:
     result = log_and_register(loaded, settings, dataset, fitted, promote="never",
-                              extra_tags={"fti.reproduces": f"{name}/{version}",
-                                          "fti.reproduce.verdict": report.verdict})
+                              extra_tags={Tag.REPRODUCES: f"{name}/{version}",
+                                          Tag.REPRODUCE_VERDICT: report.verdict})
     return {"model": result.model_name, "version": result.version, "run_id": result.run_id,
             "feature_version": result.feature_version, "promoted": result.decision.promoted}
 
