@@ -250,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policyholders", type=int, default=4000)
     p.add_argument("--omp-threads", default="1")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "predict.json", help="the JSON results file")
+    p.add_argument("--workdir", type=Path, default=None, help="default: bench/results/tmp/predict-<stamp>")
     args = p.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    root = TMP_DIR / f"predict-{stamp}-{os.getpid()}"
+    root = args.workdir or TMP_DIR / f"predict-{stamp}-{os.getpid()}"
     result: dict[str, Any] = {"schema": "fti-bench-predict/1", "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                               "command": " ".join([".venv/bin/python -m bench.predict", *(argv or [])]),
                               "config": {"rounds": args.rounds, "duration_s": args.duration,
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     result["stores"] = [run_store(s, args, root) for s in args.stores.split(",") if s]
     result["summary"] = summarise(result["stores"])
     result["index_1m"] = index_memory_1m()
-    out = RESULTS_DIR / "predict.json"
+    out = args.out
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     md = markdown(result)
     print(md)
