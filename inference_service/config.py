@@ -47,6 +47,9 @@ class Settings(MlflowSettings):
     feature_refresh_seconds: float = Field(default=2.0, gt=0, le=3600, description="FTI_FEATURE_REFRESH_SECONDS: "
                                            "how often the online fast path checks for a newly published "
                                            "feature version (then indexes, verifies and swaps it in)")
+    gil_switch_interval: float = Field(default=0.001, gt=0, le=0.1, description="FTI_GIL_SWITCH_INTERVAL: "
+                                       "seconds a thread holds the GIL before the event loop may take it back "
+                                       "(Python's default 0.005 puts the prediction log's work in /predict's p99)")
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
     prediction_log: bool = Field(default=True, description="FTI_PREDICTION_LOG: record every prediction in "
                                  "fti_predictions (inputs, outputs, model and feature versions)")

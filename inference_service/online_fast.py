@@ -5,8 +5,8 @@ the request -- an SQL query for the entity's events, JSON decoding of every payl
 frame per step. Here the served feature version's history is decoded **once** into typed,
 sorted arrays (:class:`HistoryIndex`: event times, and each history input, grouped by entity),
 and each request's derived and history features are computed on numpy arrays. History
-aggregates call the very reduction the shared transformer uses
-(``PointInTimeHistory._reduce``); derived features are re-implemented on arrays.
+aggregates follow the shared transformer's rules (``PointInTimeHistory._reduce``) with ``bisect``
+on the sorted times; derived features are re-implemented on arrays.
 
 Nothing here is trusted by construction: :func:`prepare` compares this path with the pandas
 path (:func:`inference_service.online.features_for`: SQL read + ``shared.features``) on the
@@ -18,6 +18,7 @@ compile, the pandas path serves. A live request sees the whole version, as on th
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -31,7 +32,6 @@ from sqlalchemy.engine import Engine
 from shared import feature_table as ft
 from shared.raw import NAT_MICROS, frame_from_arrays, record_arrays
 from shared.spec import ColumnType, DatasetSpec
-from shared.transformers import PointInTimeHistory
 
 log = logging.getLogger(__name__)
 
@@ -146,30 +146,43 @@ class OnlineFeatures:
         return cols
 
     def _history(self, raw: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """Per record: the entity's span, then ``bisect`` on the sorted times (no slice, no temporary
+        array) and exact reductions over list slices -- the rules of ``PointInTimeHistory._reduce``."""
         spec, index = self.spec, self.index
         assert index is not None and spec.event_time
-        aggs = [h.model_dump(mode="json", exclude_none=True) for h in spec.features.history]
+        aggs = [(h.name, h.op.value, h.input, None if not h.window_days else
+                 int(round(float(h.window_days) * _US_PER_DAY))) for h in spec.features.history]
         ents = raw[spec.entity_key]
-        q_t = raw[spec.event_time]
-        out = {a["name"]: np.full(n, np.nan) for a in aggs}
-        reduce = PointInTimeHistory._reduce
-        empty = np.arange(0)
+        q_t = raw[spec.event_time].tolist()
+        out = {name: [math.nan] * n for name, *_ in aggs}
+        times = index.times
         for i in range(n):
             span = index.spans.get(str(ents[i]))
             t = int(q_t[i])
-            if span is None:
-                for a in aggs:
-                    out[a["name"]][i] = reduce(a, index.times, index.values, empty, t)
-                continue
-            start, stop = span
-            times = index.times[start:stop]
-            hi = int(np.searchsorted(times, t, side="left"))
-            for a in aggs:
-                window = a.get("window_days")
-                lo = 0 if not window else int(np.searchsorted(
-                    times, t - int(round(float(window) * _US_PER_DAY)), side="left"))
-                out[a["name"]][i] = reduce(a, index.times, index.values, np.arange(start + lo, start + hi), t)
-        return {k: v + 0.0 for k, v in out.items()}
+            start, stop = span if span is not None else (0, 0)
+            hi = bisect.bisect_left(times, t, start, stop) if stop > start else start
+            for name, op, column, window in aggs:
+                lo = bisect.bisect_left(times, t - window, start, hi) if window and hi > start else start
+                out[name][i] = _aggregate(op, index, column, lo, hi, t)
+        return {k: np.asarray(v, dtype=np.float64) + 0.0 for k, v in out.items()}
+
+
+def _aggregate(op: str, index: HistoryIndex, column: str | None, lo: int, hi: int, t: int) -> float:
+    if op == "count":
+        return float(hi - lo)
+    if op == "days_since_last":
+        return (t - int(index.times[hi - 1])) / _US_PER_DAY if hi > lo else math.nan
+    assert column is not None
+    vals = [v for v in index.values[column][lo:hi].tolist() if v == v]  # v == v: not NaN
+    if not vals:
+        return 0.0 if op == "sum" else math.nan
+    if op in ("max", "min"):
+        return float(max(vals) if op == "max" else min(vals))
+    try:
+        total = math.fsum(vals)
+    except OverflowError:  # the exact sum exceeds float64: NaN, as the transformer
+        return math.nan
+    return total if op == "sum" else total / len(vals)
 
 
 def _derive(op: str, inputs: list[np.ndarray]) -> np.ndarray:

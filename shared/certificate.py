@@ -67,6 +67,31 @@ def raw_records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
         else [{} for _ in range(len(frame))]
 
 
+def raw_records_from_arrays(arrays: dict[str, np.ndarray], spec: DatasetSpec) -> list[dict[str, Any]]:
+    """:func:`raw_records` for normalised column arrays (``shared.raw.record_arrays``), without a frame.
+
+    The prediction log renders every logged prediction's inputs with this, in its own thread; the
+    values are exactly those :func:`raw_records` gives for the frame built from the same arrays
+    (``tests/unit/shared/test_raw_records.py``)."""
+    from shared.raw import NAT_MICROS
+
+    names = spec.raw_input_columns
+    columns: list[list[Any]] = []
+    for c in names:
+        ctype = spec.columns[c].type
+        values = arrays[c]
+        if ctype == ColumnType.TIMESTAMP and values.dtype.kind == "i":
+            text = np.datetime_as_string(values.view("datetime64[us]"), unit="us").tolist()
+            columns.append([None if m == NAT_MICROS else f"{t}Z" for m, t in zip(values.tolist(), text, strict=True)])
+        elif values.dtype == np.float64 and ctype in (ColumnType.FLOAT, ColumnType.INT, ColumnType.BOOL):
+            convert = {ColumnType.FLOAT: float, ColumnType.INT: int, ColumnType.BOOL: bool}[ctype]
+            columns.append([None if v != v else convert(v) for v in values.tolist()])  # v != v: NaN
+        else:
+            columns.append([_json_scalar(v, ctype) for v in values.tolist()])
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)] if columns \
+        else [{} for _ in range(len(next(iter(arrays.values()))) if arrays else 0)]
+
+
 def _json_features(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
     rows = []
     for row in frame[columns].to_dict(orient="records"):

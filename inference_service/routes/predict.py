@@ -31,13 +31,14 @@ from inference_service.observability import MAX_LOGGED_IDS, Observability, note
 from inference_service.online import Scored, score
 from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
-from shared.certificate import raw_records
+from shared.certificate import raw_records, raw_records_from_arrays
 from shared.feature_table import FeatureStoreError, utcnow
 from shared.prediction_table import canonical_json
 from shared.raw import RawDataError
 
 log = logging.getLogger(__name__)
-INLINE_MAX_RECORDS = 8  # scored on the event loop on the numpy online path (no thread hop); larger: a worker thread
+INLINE_MAX_RECORDS = 128  # as /invocations: on the numpy online path ~5 ms at most on the event loop; a thread
+# hand-off under load costs more (measured: 100-record batches 61 -> see docs/benchmarks.md); larger: a worker thread
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid JSON or invalid records (every problem listed)"},
@@ -69,9 +70,14 @@ def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: 
              request_id: str, now: datetime) -> list[dict[str, Any]]:
     """One ``fti_predictions`` row per prediction; ``inputs`` is the normalised record, replayable as is."""
     spec = runtime.spec.spec
-    inputs = raw_records(scored.records, spec)
-    entities = scored.records[spec.entity_key].tolist()
-    times = _naive_utc_column(scored.records[spec.event_time]) if spec.event_time else [None] * len(predictions)
+    if scored.arrays is not None:  # the numpy online path: no frame here either
+        inputs = raw_records_from_arrays(scored.arrays, spec)
+        entities = list(scored.arrays[spec.entity_key])
+        times = _naive_utc_micros(scored.arrays[spec.event_time]) if spec.event_time else [None] * len(predictions)
+    else:
+        inputs = raw_records(scored.records, spec)
+        entities = scored.records[spec.entity_key].tolist()
+        times = _naive_utc_column(scored.records[spec.event_time]) if spec.event_time else [None] * len(predictions)
     return [{"prediction_id": p["prediction_id"], "request_id": request_id, "created_at": now,
              "dataset": spec.name, "model_name": model.name, "model_version": model.version,
              "feature_version": scored.feature_version, "record_id": str(p["record_id"]),
@@ -84,6 +90,13 @@ def _naive_utc_column(series: pd.Series) -> list[datetime | None]:
     """UTC timestamps -> naive ``datetime`` (microseconds), ``None`` for NaT; like ``naive_utc`` per value."""
     naive = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
     return naive.astype(object).tolist()  # datetime64[us] -> datetime.datetime, NaT -> None
+
+
+def _naive_utc_micros(micros: Any) -> list[datetime | None]:
+    """Epoch microseconds (``NAT_MICROS`` missing) -> naive UTC ``datetime``, as ``_naive_utc_column``."""
+    import numpy as np
+
+    return np.asarray(micros, dtype=np.int64).view("datetime64[us]").astype(object).tolist()
 
 
 def openapi_body(request_schema: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.certificate import _json_scalar, raw_records
-from shared.raw import normalize_records
+from shared.certificate import _json_scalar, raw_records, raw_records_from_arrays
+from shared.raw import normalize_records, record_arrays
 from shared.spec import DatasetSpec
 
 SPEC = DatasetSpec.model_validate({
@@ -117,3 +117,13 @@ def test_normalised_records_render_like_the_per_cell_rule_and_replay(records: li
     again, problems = normalize_records(got, SPEC)  # what the prediction log replays
     assert not problems
     assert same(raw_records(again, SPEC), got)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_record, min_size=1, max_size=12, unique_by=lambda r: r["rid"]))
+def test_arrays_render_exactly_like_the_frame(records: list[dict[str, Any]]) -> None:
+    """The prediction log renders the numpy online path's arrays without a frame: the same values."""
+    frame, problems = normalize_records(records, SPEC)
+    arrays, problems2 = record_arrays(records, SPEC)
+    assert not problems and not problems2
+    assert same(raw_records_from_arrays(arrays, SPEC), raw_records(frame, SPEC))
