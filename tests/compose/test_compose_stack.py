@@ -36,9 +36,10 @@ class Stack:
         self.project, self.port, self.env = project, port, env
         self.url = f"http://127.0.0.1:{port}"
 
-    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def compose(self, *args: str, timeout: float = 900, check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
             logs = subprocess.run(["docker", "compose", "-p", self.project, "logs", "--tail", "40"], cwd=REPO,
                                   env=self.env, capture_output=True, text=True, timeout=60).stdout
@@ -118,24 +119,37 @@ def _records(stack: Stack, tmp_path: Path, n_policyholders: int, count: int) -> 
     return raw_json_records(csv, CLAIMS_SPEC)[-count:]
 
 
-def _expected_in_container(stack: Stack, version: str, record_ids: list[str]) -> dict[str, list[float]]:
-    """predict_proba of the registered version on the stored feature rows, computed inside the
-    inference container (the batch path: feature table -> registered pipeline)."""
+def _expected_in_container(stack: Stack, version: str, records: list[dict]) -> dict[str, dict]:
+    """predict_proba of the registered version, computed inside the inference container, per record:
+    ``batch`` on its stored feature row (the batch path), ``live`` on features recomputed from the raw
+    record against the whole version (what a live request sees), and whether a late arrival made the
+    two differ (the known-by rule: the stored row counts only events known at its time)."""
     script = f"""
-import json, mlflow
+import json, sys, mlflow
 from shared import feature_table as ft
+from shared.certificate import late_arrival_rows
 from shared.db import make_engine
+from shared.features import compute_online
+from shared.raw import normalize_records
 from shared.settings import MlflowSettings
 from shared.spec import load_spec
+records = json.loads(sys.stdin.read())
 s = MlflowSettings(); spec = load_spec("{SPEC}").spec
 engine = make_engine(s.feature_store_url)
 info = ft.get_version(engine, spec.name)
-rows = ft.read_records(engine, spec, info.version, {record_ids!r}).set_index(spec.record_id, drop=False)
+frame = ft.read_version(engine, spec, info.version)
+ids = [str(r[spec.record_id]) for r in records]
+rows = frame.set_index(spec.record_id, drop=False).loc[ids]
+late = set(late_arrival_rows(rows.reset_index(drop=True), frame, spec)[spec.record_id])
+norm, problems = normalize_records(records, spec)
+live = compute_online(norm, frame, spec)
 pipe = mlflow.sklearn.load_model("models:/{{}}/{version}".format(spec.model.name))
-proba = pipe.predict_proba(rows.loc[{record_ids!r}, spec.model_features])
-print(json.dumps({{rid: p for rid, p in zip({record_ids!r}, proba.tolist())}}))
+batch = pipe.predict_proba(rows[spec.model_features]).tolist()
+online = pipe.predict_proba(live[spec.model_features]).tolist()
+print(json.dumps({{rid: {{"batch": b, "live": o, "late": rid in late}} for rid, b, o in zip(ids, batch, online)}}))
 """
-    out = stack.compose("exec", "-T", "inference", "python3", "-c", script, timeout=300).stdout
+    out = stack.compose("exec", "-T", "inference", "python3", "-c", script, timeout=300,
+                        input=json.dumps(records)).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -146,9 +160,14 @@ def test_fresh_up_serves_correct_predictions_on_the_published_port(stack: Stack,
     r = httpx.post(f"{stack.url}/predict", json={"records": records}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
-    expected = _expected_in_container(stack, "1", [p["record_id"] for p in body["predictions"]])
+    expected = _expected_in_container(stack, "1", records)
     for p in body["predictions"]:
-        assert [p["probabilities"]["0"], p["probabilities"]["1"]] == expected[p["record_id"]]
+        want = expected[p["record_id"]]
+        got = [p["probabilities"]["0"], p["probabilities"]["1"]]
+        assert got == want["live"]
+        if not want["late"]:  # no late arrival in its history: the live answer is the batch path's
+            assert got == want["batch"]
+    assert sum(not w["late"] for w in expected.values()) >= 10
     states = {c["Service"]: c for c in stack.ps()}
     for job in JOBS:
         assert states[job]["State"] == "exited" and states[job]["ExitCode"] == 0, states[job]
@@ -178,7 +197,10 @@ def test_only_inference_is_published_all_have_healthchecks_and_run_non_root(stac
 
 def test_parity_certificate_from_the_training_container_passes_in_inference(stack: Stack):
     model = httpx.get(f"{stack.url}/model", timeout=30).json()
-    assert model["certificate"]["passed"] is True and model["certificate"]["checked"] == 64
+    cert = model["certificate"]
+    cov = cert["coverage"]
+    assert cert["passed"] is True and cov["sampled"] == 64 and cov["late_arrivals"] > 0 and cov["constructed"] > 30
+    assert cert["checked"] == cov["sampled"] + cov["late_arrivals"] + cov["constructed"]
     assert model["environment_overridden"] == []
     lineage = model["lineage"]
     assert lineage["env.image"] == "fti/training-pipeline"  # trained in another image ...

@@ -241,7 +241,7 @@ def test_fast_path_verified_at_load(project: Project) -> None:
         time.sleep(0.5)
     assert scorer["mode"] == "fast" and scorer["passed"], scorer
     assert scorer["trees_compiled"] and scorer["tree_max_rows"] == 128
-    assert scorer["certificate_rows"] == 64 and scorer["rows"] >= 64 + 512
+    assert scorer["certificate_rows"] > 64 and scorer["rows"] >= scorer["certificate_rows"] + 512
     assert scorer["regimes"] == ["one large batch", "batches of 128", "one row at a time"]
     metrics = httpx.get(project.fti.url + "/metrics").text
     assert f'fti_model_info{{model_name="{project.name}",model_version="1",scorer="fast"}} 1.0' in metrics
