@@ -95,3 +95,31 @@ def decode(raw: bytes) -> Any:
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
         pos = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
         raise BodyError(f"malformed JSON: {msg}{pos}") from None
+
+
+async def read_limited(scope: dict[str, Any], receive: Any, max_bytes: int) -> tuple[str | None, bytes | None, bool]:
+    """An ASGI request's content type and body, read up to ``max_bytes``.
+
+    Returns ``(content_type, body, too_large)``: ``too_large`` as soon as ``Content-Length`` or the
+    bytes received exceed the limit (the rest is not read); ``body`` None when the client left.
+    Shared by the scoring lanes the middleware answers itself (``/invocations``, ``/predict``).
+    """
+    content_type = None
+    for k, v in scope["headers"]:
+        if k == b"content-type":
+            content_type = v.decode("latin-1")
+        elif k == b"content-length" and v.isdigit() and int(v) > max_bytes:
+            return content_type, None, True
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return content_type, None, False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            return content_type, None, True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return content_type, b"".join(chunks), False
+

@@ -6,7 +6,8 @@ frame per step. Here the served feature version's history is decoded **once** in
 sorted arrays (:class:`HistoryIndex`: event times, and each history input, grouped by entity),
 and each request's derived and history features are computed on numpy arrays. History
 aggregates follow the shared transformer's rules (``PointInTimeHistory._reduce``) with ``bisect``
-on the sorted times; derived features are re-implemented on arrays.
+on the sorted times; derived arithmetic is the transformer's own function (time parts and
+missing flags are re-implemented on arrays).
 
 Nothing here is trusted by construction: :func:`prepare` compares this path with the pandas
 path (:func:`inference_service.online.features_for`: SQL read + ``shared.features``) on the
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Engine
 from shared import feature_table as ft
 from shared.raw import NAT_MICROS, frame_from_arrays, record_arrays
 from shared.spec import ColumnType, DatasetSpec
+from shared.transformers import derive_numeric
 
 log = logging.getLogger(__name__)
 
@@ -203,23 +205,10 @@ def _derive(op: str, inputs: list[np.ndarray]) -> np.ndarray:
         out = part.astype(np.float64)
         out[bad] = np.nan
         return out + 0.0
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        a = np.asarray(first, dtype=np.float64)
-        if op == "log1p":
-            out = np.where(a > -1, np.log1p(np.where(a > -1, a, 0.0)), np.nan)
-        else:
-            b = np.asarray(inputs[1], dtype=np.float64)
-            if op == "ratio":
-                out = np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
-            elif op == "diff":
-                out = a - b
-            elif op == "product":
-                out = a * b
-            else:
-                raise Unsupported(f"derived op {op!r}")
-    out = np.asarray(out, dtype=np.float64)
-    out[~np.isfinite(out)] = np.nan
-    return out + 0.0
+    if op not in ("log1p", "ratio", "diff", "product"):
+        raise Unsupported(f"derived op {op!r}")
+    a = np.asarray(first, dtype=np.float64)
+    return derive_numeric(op, a, None if op == "log1p" else np.asarray(inputs[1], dtype=np.float64))
 
 
 # ---------------------------------------------------------------------- proof at load

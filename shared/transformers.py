@@ -138,21 +138,8 @@ class DerivedFeatures(TransformerMixin, BaseEstimator):
             if op == "is_missing":
                 return frame[inputs[0]].isna().to_numpy().astype(np.float64)
             a = _numeric(frame, inputs[0])
-            if op == "log1p":
-                out = np.where(a > -1, np.log1p(np.where(a > -1, a, 0.0)), np.nan)
-            else:
-                b = _numeric(frame, inputs[1])
-                if op == "ratio":
-                    out = np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
-                elif op == "diff":
-                    out = a - b
-                elif op == "product":
-                    out = a * b
-                else:
-                    raise ValueError(f"unknown derivation op {op!r}")
-        out = np.asarray(out, dtype=np.float64)
-        out[~np.isfinite(out)] = np.nan
-        return out + 0.0
+            b = _numeric(frame, inputs[1]) if op != "log1p" else None
+        return derive_numeric(op, a, b)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self)
@@ -164,6 +151,30 @@ class DerivedFeatures(TransformerMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         tags.input_tags.string = True
         return tags
+
+
+def derive_numeric(op: str, a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """:class:`DerivedFeatures`' arithmetic on float64 arrays (``log1p``, ``ratio``, ``diff``, ``product``).
+
+    Never infinite: non-finite results are NaN; ``-0.0`` becomes ``0.0``. Serving's numpy online path
+    calls this very function, so the arithmetic cannot drift from the transformer's.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if op == "log1p":
+            out = np.where(a > -1, np.log1p(np.where(a > -1, a, 0.0)), np.nan)
+        else:
+            assert b is not None
+            if op == "ratio":
+                out = np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+            elif op == "diff":
+                out = a - b
+            elif op == "product":
+                out = a * b
+            else:
+                raise ValueError(f"unknown derivation op {op!r}")
+    out = np.asarray(out, dtype=np.float64)
+    out[~np.isfinite(out)] = np.nan
+    return out + 0.0
 
 
 class PointInTimeHistory(TransformerMixin, BaseEstimator):

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from inference_service import body as body_codec
 from inference_service import invocations as inv
 from inference_service import scoring
 from inference_service.observability import Observability, note
@@ -140,29 +141,15 @@ class FastLane:
         return scope["path"] == "/invocations" and scope["method"] == "POST"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, state: dict[str, Any]) -> None:
-        content_type = None
-        for k, v in scope["headers"]:
-            if k == b"content-type":
-                content_type = v.decode("latin-1")
-            elif k == b"content-length" and v.isdigit() and int(v) > self.max_body:
-                await self._send(send, 413, _error_body("BAD_REQUEST", "Content Too Large"), {})
-                return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await self._send(send, 413, _error_body("BAD_REQUEST", "Content Too Large"), {})
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        content_type, raw, too_large = await body_codec.read_limited(scope, receive, self.max_body)
+        if too_large:
+            await self._send(send, 413, _error_body("BAD_REQUEST", "Content Too Large"), {})
+            return
+        if raw is None:  # the client left
+            return
         try:
             status, body, headers, fields = await score_invocation(
-                self.runtime(), content_type, b"".join(chunks), state["request_id"], self.signature, self.obs,
+                self.runtime(), content_type, raw, state["request_id"], self.signature, self.obs,
                 self.max_rows)
         except Exception:  # noqa: BLE001 - as the app's handler: generic 500, details in the log
             log.exception("unexpected error on POST /invocations (request %s)", state["request_id"])

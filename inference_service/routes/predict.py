@@ -174,29 +174,14 @@ class PredictLane:
         return scope["path"] == "/predict" and scope["method"] == "POST"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, state: dict[str, Any]) -> None:
-        content_type = None
-        too_large = _error(413, "payload_too_large", "Content Too Large")
-        for k, v in scope["headers"]:
-            if k == b"content-type":
-                content_type = v.decode("latin-1")
-            elif k == b"content-length" and v.isdigit() and int(v) > self.max_body:
-                await _send(send, *too_large[:3])
-                return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await _send(send, *too_large[:3])
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        content_type, raw, too_large = await body_codec.read_limited(scope, receive, self.max_body)
+        if too_large:
+            await _send(send, *_error(413, "payload_too_large", "Content Too Large")[:3])
+            return
+        if raw is None:  # the client left
+            return
         try:
-            status, body, headers, fields = await score_predict(self.runtime(), content_type, b"".join(chunks),
+            status, body, headers, fields = await score_predict(self.runtime(), content_type, raw,
                                                                 state["request_id"], self.obs)
         except Exception:  # noqa: BLE001 - as the app's handler: generic 500, details in the log
             log.exception("unexpected error on POST /predict (request %s)", state["request_id"])
