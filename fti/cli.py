@@ -170,7 +170,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     loaded = _spec(str(spec_path)) if spec_path else None
     engine = make_engine(settings.feature_store_url)
     loader = MlflowLoader(settings.tracking_uri, settings.registry_uri, settings.cache_dir,
-                          allow_env_mismatch=settings.allow_env_mismatch)
+                          allow_env_mismatch=settings.allow_env_mismatch,
+                          memory_limit_mb=settings.model_load_memory_mb)
     try:
         out = build(args.prediction_id, engine=engine, loader=loader, spec=loaded, alias=settings.model_alias,
                     do_recompute=not args.no_recompute, spec_origin="--spec" if args.spec else "FTI_SPEC")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,6 +52,11 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # MLflow's client retries a down registry for minutes by default; the runtime's own capped
+        # back-off is what decides how soon the service is ready again (FTI_LOAD_RETRY_MAX_SECONDS).
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+            os.environ.setdefault(var, value)
         engine = make_engine(settings.feature_store_url)
         writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
                                      flush_interval=settings.prediction_log_flush_seconds).start() \
@@ -60,7 +66,8 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                                                         settings.cache_dir,
                                                         allow_env_mismatch=settings.allow_env_mismatch,
                                                         fast_path=settings.fast_path,
-                                                        fast_path_tree_rows=settings.fast_path_tree_rows),
+                                                        fast_path_tree_rows=settings.fast_path_tree_rows,
+                                                        memory_limit_mb=settings.model_load_memory_mb),
                           prediction_log=writer, obs=obs)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload

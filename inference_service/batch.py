@@ -207,7 +207,8 @@ def run(loaded: LoadedSpec, settings: BatchSettings, *, feature_version: int | N
                              "or pass the spec it was built with")
         loader = MlflowLoader(settings.tracking_uri, settings.registry_uri, settings.cache_dir,
                               allow_env_mismatch=settings.allow_env_mismatch, fast_path=settings.fast_path,
-                              fast_path_tree_rows=settings.fast_path_tree_rows)
+                              fast_path_tree_rows=settings.fast_path_tree_rows,
+                              memory_limit_mb=settings.model_load_memory_mb)
         if not replace:  # a rerun is answered before any model is downloaded
             version = ref.version or str(loader.resolve(ref.name, str(ref.alias)).version)
             existing = bt.find_batch(engine, spec.name, info.version, ref.name, version)

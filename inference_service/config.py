@@ -25,7 +25,12 @@ class Settings(MlflowSettings):
     log_request_bodies: bool = Field(default=False, description="FTI_LOG_REQUEST_BODIES: add the first 4 KiB "
                                      "of each request body to its access-log line (off: bodies hold client data)")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    load_retry_seconds: float = Field(default=5.0, gt=0, description="wait between model load attempts")
+    load_retry_seconds: float = Field(default=1.0, gt=0, description="FTI_LOAD_RETRY_SECONDS: first wait before "
+                                      "another load or alias-confirmation attempt; doubles up to "
+                                      "FTI_LOAD_RETRY_MAX_SECONDS, with jitter")
+    load_retry_max_seconds: float = Field(default=3.0, gt=0, le=600, description="FTI_LOAD_RETRY_MAX_SECONDS: the "
+                                          "longest wait between attempts while the registry is unreachable (the "
+                                          "service is ready within about this long after it returns)")
     reload_interval_seconds: float = Field(default=10.0, ge=0, description="FTI_RELOAD_INTERVAL_SECONDS: how "
                                            "often the served alias is resolved; a new version behind it is "
                                            "loaded, checked and swapped in without a restart (0: never)")

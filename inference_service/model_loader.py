@@ -1,9 +1,9 @@
 """Resolve ``name@alias`` in the registry, fetch the model and load it safely.
 
 Model files are code, so the service does not trust the list of types a model
-declares about itself: it loads the skops file with its own allow-list
-(scikit-learn, numpy, scipy and ``shared`` types) and refuses anything else.
-It also refuses a model whose feature definitions differ from the spec being
+declares about itself: :mod:`shared.model_file` checks every name in the skops file
+against fti's exact allow-list, the files against the digest the registry recorded
+at training, and rehearses the build under a memory limit. It also refuses a model whose feature definitions differ from the spec being
 served, because then the same raw record would mean different features.
 """
 
@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shared import fingerprint
 from shared.certificate import CERTIFICATE_FILE
 from shared.registry_contract import TAG_PREFIX, Artifact, Tag
@@ -26,11 +24,12 @@ from shared.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
-ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "shared.", "xgboost.", "lightgbm.")
-
-
 class ModelLoadError(RuntimeError):
     """The model cannot be served; the message says why and what to do."""
+
+
+class ModelFilesTampered(ModelLoadError):
+    """The cached files differ from the registry's record of them (``fti.artifact_sha256``)."""
 
 
 @dataclass(frozen=True)
@@ -67,20 +66,19 @@ def _client(tracking_uri: str, registry_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
-def load_skops_model(model_dir: Path) -> Any:
-    import skops.io
+def load_skops_model(model_dir: Path, expected_digest: str | None, memory_limit_mb: int) -> Any:
+    """The model's pipeline through :func:`shared.model_file.load_model_dir`; a refusal is a ModelLoadError."""
+    from shared.model_file import ModelFileRefused, ModelFileTampered, load_model_dir
 
-    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
-    flavor = (mlmodel.get("flavors") or {}).get("sklearn") or {}
-    if flavor.get("serialization_format") != "skops":
-        raise ModelLoadError(f"model at {model_dir} is not saved in skops format "
-                             f"({flavor.get('serialization_format')!r}); fti serves skops models only")
-    path = model_dir / flavor.get("pickled_model", "model.skops")
-    untrusted = skops.io.get_untrusted_types(file=path)
-    refused = [t for t in untrusted if not t.startswith(ALLOWED_TYPE_PREFIXES)]
-    if refused:
-        raise ModelLoadError(f"model file holds types outside the service's allow-list: {refused}")
-    return skops.io.load(path, trusted=untrusted)
+    if not expected_digest:
+        raise ModelLoadError(f"model has no {Tag.ARTIFACT_SHA256} tag (the digest of its files recorded at "
+                             "training): it was not registered by this fti version; retrain it")
+    try:
+        return load_model_dir(model_dir, expected_digest=expected_digest, memory_limit_mb=memory_limit_mb)
+    except ModelFileTampered as exc:
+        raise ModelFilesTampered(str(exc)) from None
+    except ModelFileRefused as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def model_input_columns(pipeline: Any) -> list[str]:
@@ -95,13 +93,14 @@ class MlflowLoader:
     defers_fast_path = True  # load(..., prepare_fast=False): the caller verifies the fast path later
 
     def __init__(self, tracking_uri: str, registry_uri: str, cache_dir: Path, *, allow_env_mismatch: bool = False,
-                 fast_path: bool = True, fast_path_tree_rows: int = 128):
+                 fast_path: bool = True, fast_path_tree_rows: int = 128, memory_limit_mb: int = 2048):
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.cache_dir = cache_dir
         self.allow_env_mismatch = allow_env_mismatch
         self.fast_path = fast_path
         self.fast_path_tree_rows = fast_path_tree_rows
+        self.memory_limit_mb = memory_limit_mb
 
     def resolve(self, name: str, alias: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -149,10 +148,16 @@ class MlflowLoader:
                      model_version: Any = None, prepare_fast: bool = True) -> LoadedModel:
         t0 = time.perf_counter()
         mv = model_version or _client(self.tracking_uri, self.registry_uri).get_model_version(name, version)
-        model_dir = self.fetch(name, str(mv.version))
         tags = dict(mv.tags or {})
-        return self.load_dir(spec, model_dir, name, str(mv.version), alias=alias, tags=tags,
-                             run_id=str(mv.run_id or tags.get(Tag.RUN_ID, "")), t0=t0, prepare_fast=prepare_fast)
+        run_id = str(mv.run_id or tags.get(Tag.RUN_ID, ""))
+        try:
+            return self.load_dir(spec, self.fetch(name, str(mv.version)), name, str(mv.version), alias=alias,
+                                 tags=tags, run_id=run_id, t0=t0, prepare_fast=prepare_fast)
+        except ModelFilesTampered as exc:  # the cached copy was changed: fetch it once more from the registry
+            log.error("%s version %s: %s; fetching it again", name, mv.version, exc)
+            self.evict(name, str(mv.version))
+            return self.load_dir(spec, self.fetch(name, str(mv.version)), name, str(mv.version), alias=alias,
+                                 tags=tags, run_id=run_id, t0=t0, prepare_fast=prepare_fast)
 
     def load_dir(self, spec: DatasetSpec, model_dir: Path, name: str, version: str, *, alias: str,
                  tags: dict[str, str], run_id: str, t0: float, alias_confirmed: bool = True,
@@ -164,7 +169,7 @@ class MlflowLoader:
         if certificate is None:
             raise ModelLoadError(f"{name} version {version} has no parity certificate "
                                  f"({CERTIFICATE_FILE}); retrain it with this fti version")
-        pipeline = load_skops_model(model_dir)
+        pipeline = load_skops_model(model_dir, tags.get(Tag.ARTIFACT_SHA256), self.memory_limit_mb)
         features = model_input_columns(pipeline)
         check_contract(spec, name, version, tags, features)
         from inference_service import scoring
@@ -186,6 +191,14 @@ class MlflowLoader:
 
         return scoring.prepare(pipeline, features, certificate, enabled=self.fast_path,
                                tree_max_rows=self.fast_path_tree_rows)
+
+    def evict(self, name: str, version: str) -> None:
+        """Delete a version's cached files (and any alias record pointing at it)."""
+        shutil.rmtree(self.cache_dir / name / str(version), ignore_errors=True)
+        for pointer in (self.cache_dir / name).glob("@*.json"):
+            info = _read_json(pointer)
+            if info and str(info.get("version")) == str(version):
+                pointer.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ last served version
 

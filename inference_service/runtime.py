@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from inference_service.reload import ReloadState, iso, tags_key
 from shared import certificate as certmod
 from shared import feature_table as ft
 from shared.db import redact
+from shared.registry_contract import Tag
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -150,7 +152,6 @@ class Runtime:
             return certmod.Verdict(False, 0, error=f"{type(exc).__name__}: {str(exc)[:300]}")
 
     async def load_until_ready(self) -> None:
-        delay = self.settings.load_retry_seconds
         tries = 0
         if self.settings.start_from_cache:
             try:
@@ -178,9 +179,9 @@ class Runtime:
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self._count_load("initial", "failed")
             self.attempts = tries  # failed attempts, counted once the reason is known
-            log.warning("not ready (attempt %d): %s; retrying in %.0fs", tries, self.last_error, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+            wait = self._backoff(tries)
+            log.warning("not ready (attempt %d): %s; retrying in %.1fs", tries, self.last_error, wait)
+            await asyncio.sleep(wait)
 
     async def run(self) -> None:
         """The service's background task: load the first model, then watch the alias."""
@@ -189,6 +190,8 @@ class Runtime:
         upgrade = asyncio.create_task(self._upgrade_then_freeze(), name="fast-path-verification")
         try:
             await self.confirm_alias()
+            if self.model is None:  # the cached copy was dropped (tampered): load it again from the registry
+                await self.load_until_ready()
             await self.watch_alias()
         finally:
             upgrade.cancel()
@@ -264,15 +267,21 @@ class Runtime:
     async def confirm_alias(self) -> None:
         """A model served from the cache: ask the registry at once (and until it answers) whether the alias
         still points at it; if it moved, the new version is loaded and checked like any hot reload."""
-        delay = self.settings.load_retry_seconds
+        tries = 0
         while self.model is not None and not self.model.alias_confirmed:
             outcome = await asyncio.to_thread(self.check_alias)
             if self.obs is not None:
                 self.obs.reload_checks.labels(outcome).inc()
             if self.model is not None and self.model.alias_confirmed:
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+            tries += 1
+            await asyncio.sleep(self._backoff(tries))
+
+    def _backoff(self, tries: int) -> float:
+        """Capped exponential back-off with jitter: many replicas do not retry in step, and none waits
+        longer than FTI_LOAD_RETRY_MAX_SECONDS once the registry is back."""
+        first, cap = self.settings.load_retry_seconds, self.settings.load_retry_max_seconds
+        return min(first * 2 ** max(tries - 1, 0), cap) * random.uniform(0.5, 1.0)
 
     async def watch_alias(self) -> None:
         interval = self.settings.reload_interval_seconds
@@ -314,6 +323,9 @@ class Runtime:
         if state.last_outcome == "registry_error":
             log.info("hot reload: %s@%s resolves again (version %s)", name, alias, version)
         if version == served.version:
+            recorded = dict(mv.tags or {}).get(Tag.ARTIFACT_SHA256)
+            if not served.alias_confirmed and recorded != served.tags.get(Tag.ARTIFACT_SHA256):
+                return self._drop_tampered(served, now)
             if not served.alias_confirmed:
                 with self._swap:
                     current = self.model
@@ -354,6 +366,21 @@ class Runtime:
                  version, served.version, seconds, verdict.summary())
         _freeze_heap()  # the new model's objects; the old model's frozen objects stay (a small, bounded leak)
         return state.outcome("reloaded", now, f"version {served.version} -> {version}", alias_version=version)
+
+    def _drop_tampered(self, served: LoadedModel, now: float) -> str:
+        """The cached copy differs from what the registry recorded: stop serving it, delete it; ``run``
+        then loads the version afresh from the registry with every check (not ready until then)."""
+        name, version = served.name, served.version
+        reason = (f"the cached copy of {name} version {version} does not match the digest the registry recorded "
+                  f"at training ({Tag.ARTIFACT_SHA256}); it was dropped and is fetched again")
+        log.error("%s", reason)
+        with self._swap:
+            self.model = None
+            self.last_error = reason
+        evict = getattr(self.loader, "evict", None)
+        if evict is not None:
+            evict(name, version)
+        return self.reload.outcome("refused", now, reason, alias_version=version)
 
     def _refused(self, served: LoadedModel, version: str, kind: str, reason: str, tags: str, now: float,
                  certificate: dict[str, Any] | None = None) -> str:

@@ -20,6 +20,9 @@ class CommonSettings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Folder for the embedded stores")
     database_url: str | None = Field(default=None, description="Feature store SQLAlchemy URL")
     log_level: str = "INFO"
+    model_load_memory_mb: int = Field(default=2048, ge=0, le=1_048_576, description="FTI_MODEL_LOAD_MEMORY_MB: "
+                                      "every model from the registry is first built in a child process under "
+                                      "this address-space limit (0: skip that rehearsal)")
 
     @model_validator(mode="after")
     def _defaults(self) -> CommonSettings:

@@ -205,13 +205,14 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
                 paths.append(str(path))
             model_info = reg.log_model(pipe, spec, data.X_train.head(50), extra_files=paths)
         mv = reg.register(model_info.model_uri, spec.model.name, {**tags, Tag.RUN_ID: run_id})
-        reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
-        reg.set_version_tags(spec.model.name, mv.version, {Tag.VALIDATED: "true"})
+        digest = reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
+        reg.set_version_tags(spec.model.name, mv.version, {Tag.ARTIFACT_SHA256: digest, Tag.VALIDATED: "true"})
         log.info("[4/5] registered %s version %s (registry round trip: identical predictions)",
                  spec.model.name, mv.version)
 
         decision = reg.gate(spec.model.name, settings.alias, metric=primary, candidate_score=metrics[primary],
-                            X=data.X_test, y=data.y_test, policy=promote)
+                            X=data.X_test, y=data.y_test, policy=promote,
+                            memory_limit_mb=settings.model_load_memory_mb)
         gate_tags = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
                      Tag.GATE_CHAMPION_VERSION: str(decision.champion_version or "")}
         mlflow.set_tags(gate_tags)

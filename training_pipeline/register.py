@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from shared import rowwise
+from shared.registry_contract import Tag
 from shared.spec import DatasetSpec
 from training_pipeline.config import Settings
 from training_pipeline.evaluate import better_or_equal
@@ -105,16 +107,40 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> Any:
     return mlflow.register_model(model_uri, name, await_registration_for=300, tags=tags)
 
 
-def round_trip_check(name: str, version: str, X: pd.DataFrame, expected: np.ndarray) -> None:
-    """Load the registered version back and require bit-identical probabilities."""
-    import mlflow
+def download(name: str, version: str, dst: str) -> Any:
+    import mlflow.artifacts
 
-    reloaded = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
+
+
+def round_trip_check(name: str, version: str, X: pd.DataFrame, expected: np.ndarray) -> str:
+    """Load the registered version back through the loader every stage uses and require bit-identical
+    probabilities; returns the digest of its files (``fti.artifact_sha256``), which every later load checks."""
+    from shared.model_file import ModelFileRefused, artifact_digest, load_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="fti-roundtrip-") as tmp:
+        model_dir = download(name, version, tmp)
+        digest = artifact_digest(model_dir)
+        try:  # this process wrote the file: the allow-list applies, the memory rehearsal is not needed
+            reloaded = load_model_dir(model_dir, expected_digest=digest, memory_limit_mb=0)
+        except ModelFileRefused as exc:
+            raise RuntimeError(f"registered model {name}/{version} would be refused by every fti loader: {exc}; "
+                               "choose an estimator from docs/security.md's list") from None
     got = rowwise.predict_proba(reloaded, X)
     if not np.array_equal(got, expected):
         diff = float(np.nanmax(np.abs(got - expected)))
         raise RuntimeError(f"registered model {name}/{version} predicts differently after the registry "
                            f"round trip (max |diff| {diff:g}); it was not promoted")
+    return digest
+
+
+def load_registered(name: str, version: str, tags: dict[str, str], memory_limit_mb: int) -> Any:
+    """A registered version's pipeline, with the digest and allow-list checks (the gate's champion)."""
+    from shared.model_file import load_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="fti-champion-") as tmp:
+        return load_model_dir(download(name, version, tmp), expected_digest=tags.get(Tag.ARTIFACT_SHA256),
+                              memory_limit_mb=memory_limit_mb)
 
 
 def champion(name: str, alias: str) -> Any | None:
@@ -131,10 +157,8 @@ def champion(name: str, alias: str) -> Any | None:
 
 
 def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.DataFrame, y: np.ndarray,
-         policy: str) -> GateDecision:
+         policy: str, memory_limit_mb: int = 2048) -> GateDecision:
     """Compare with the current champion on the candidate's evaluation data."""
-    import mlflow
-
     from training_pipeline.evaluate import compute_metrics
 
     current = champion(name, alias)
@@ -144,7 +168,16 @@ def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.Da
     if current is None:
         return GateDecision(True, f"no '{alias}' yet: the first version becomes {alias}", metric,
                             candidate_score)
-    old = mlflow.sklearn.load_model(f"models:/{name}/{current.version}")
+    from shared.model_file import ModelFileRefused
+
+    try:
+        old = load_registered(name, str(current.version), dict(current.tags or {}), memory_limit_mb)
+    except ModelFileRefused as exc:
+        if policy == "always":
+            return GateDecision(True, f"--promote always; champion v{current.version} is refused ({exc})", metric,
+                                candidate_score, current.version)
+        return GateDecision(False, f"champion v{current.version} cannot be loaded safely ({exc}); pass --promote "
+                                   "always to replace it", metric, candidate_score, current.version)
     wanted = list(getattr(old, "feature_names_in_", []))
     missing = [c for c in wanted if c not in X.columns]
     if missing:

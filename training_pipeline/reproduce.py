@@ -52,6 +52,7 @@ from shared import feature_table as ft
 from shared import featureset, fingerprint, model_ref, rowwise
 from shared.certificate import CERTIFICATE_FILE
 from shared.db import make_engine
+from shared.model_file import ModelFileRefused, load_model_dir
 from shared.model_ref import ModelRefError
 from shared.provenance import code_commit
 from shared.raw import RawDataError
@@ -451,6 +452,11 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
             raise ReproduceError(f"{name}/{version} has no extra_files/{CERTIFICATE_FILE}: it was trained by an "
                                  "older fti; its predictions cannot be compared record by record")
         environment = _read_json(model_dir / "extra_files" / Artifact.ENVIRONMENT)
+        try:  # before anything is rebuilt: a refused model file is the answer
+            original = load_model_dir(model_dir, expected_digest=tags.get(Tag.ARTIFACT_SHA256),
+                                      memory_limit_mb=settings.model_load_memory_mb)
+        except ModelFileRefused as exc:
+            raise ReproduceError(f"{name}/{version}: {exc}") from None
         manifest_artifact = _download_json(client, run_id, Artifact.FEATURE_VERSION, tmp / "lineage")
 
         loaded = load_spec(spec_path) if spec_path else recorded_spec
@@ -475,7 +481,6 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
                  len(dataset.X_train), len(dataset.X_test), fitted.seconds)
 
         # --- compare
-        original = mlflow.sklearn.load_model(str(model_dir))
         _compare_predictions(report, spec, certificate, original, dataset, fitted, data.original)
         _compare_params_metrics(report, loaded, run, dataset, fitted)
         _compare_environment(report, environment, tags, spec)

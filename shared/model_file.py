@@ -1,0 +1,418 @@
+"""Open a registered model's files without running code from them.
+
+A model file is code: skops builds objects by importing the names written in the
+file, and trusts every type the model's own ``MLmodel`` lists. So every stage that
+loads a model (serving, hot reload, lineage recompute, ``fti predict-batch``,
+``fti reproduce``, training's round trip and gate) goes through :func:`load_model_dir`,
+which decides from fti's own source alone:
+
+1. **Exact names.** Every node in ``schema.json`` is a pair (skops loader, dotted
+   name); each pair must be in :data:`ALLOWED`, written out here in full. No prefixes
+   (``numpy.testing._private.utils.runstring`` is ``exec`` and starts with ``numpy.``),
+   no functions, methods, reduce or operator nodes: no pipeline fti builds needs one.
+2. **Declared sizes.** Every ``.npy`` member must hold exactly the bytes its header
+   declares, object dtypes are refused, and the unpacked archive is bounded.
+3. **Memory.** The load is first rehearsed in a child process under ``RLIMIT_AS``
+   (``memory_limit_mb``), so a file that asks for a huge allocation in a constructor
+   kills only the rehearsal.
+4. **Integrity.** :func:`artifact_digest` over the model directory is recorded at
+   training (``fti.artifact_sha256``) and compared at every load.
+
+A refusal is :class:`ModelFileRefused`, whose message names the reason and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+SKOPS_PROTOCOL = 2  # skops 0.16 writes protocol 2; other protocols use other node classes
+MAX_SCHEMA_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_UNPACKED_BYTES = 4 * 1024 * 1024 * 1024
+MAX_NODES = 5_000_000
+
+_BUILTIN_VALUES = frozenset({"builtins.str", "builtins.int", "builtins.float", "builtins.bool",
+                             "builtins.NoneType", "builtins.complex"})
+_NUMPY_SCALARS = frozenset({
+    "numpy.bool", "numpy.bool_", "numpy.int8", "numpy.int16", "numpy.int32", "numpy.int64", "numpy.uint8",
+    "numpy.uint16", "numpy.uint32", "numpy.uint64", "numpy.float16", "numpy.float32", "numpy.float64",
+    "numpy.longdouble", "numpy.str_", "numpy.intp", "numpy.uintp"})
+
+#: The estimators and internals of the pipelines fti trains (see ``docs/security.md``).
+_SKLEARN_OBJECTS = frozenset({
+    "sklearn.pipeline.Pipeline",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._label.LabelBinarizer",
+    "sklearn.preprocessing._label.LabelEncoder",
+    # estimators
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.ensemble._gb.GradientBoostingClassifier",
+    "sklearn.ensemble._weight_boosting.AdaBoostClassifier",
+    "sklearn.ensemble._bagging.BaggingClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._classes.ExtraTreeClassifier",
+    "sklearn.dummy.DummyClassifier",
+    "sklearn.naive_bayes.GaussianNB",
+    "sklearn.naive_bayes.BernoulliNB",
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+    "sklearn.svm._classes.SVC",
+    "sklearn.discriminant_analysis.LinearDiscriminantAnalysis",
+    "sklearn.discriminant_analysis.QuadraticDiscriminantAnalysis",
+    "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+    # fti's own transformers
+    "shared.transformers.ModelInputCaster",
+})
+
+#: skops loader -> the exact dotted names it may build. Nothing else is ever constructed.
+ALLOWED: dict[str, frozenset[str]] = {
+    "ObjectNode": _SKLEARN_OBJECTS,
+    "DictNode": frozenset({"builtins.dict"}),
+    "ListNode": frozenset({"builtins.list"}),
+    "TupleNode": frozenset({"builtins.tuple"}),
+    "SliceNode": frozenset({"builtins.slice"}),
+    "JsonNode": frozenset({"builtins.str"}),  # skops writes every JSON value under this one name
+    "TypeNode": _BUILTIN_VALUES | _NUMPY_SCALARS,
+    "DTypeNode": frozenset({"numpy.dtype"}),
+    "NdArrayNode": frozenset({"numpy.ndarray"}) | _NUMPY_SCALARS,
+    "TreeNode": frozenset({"sklearn.tree._tree.Tree"}),
+    "LossNode": frozenset({"sklearn._loss._loss.CyHalfBinomialLoss", "sklearn._loss._loss.CyHalfMultinomialLoss",
+                           "sklearn._loss._loss.CyHalfSquaredError"}),
+    "RandomStateNode": frozenset({"numpy.random.mtrand.RandomState"}),
+    "RandomGeneratorNode": frozenset({"numpy.random._generator.Generator"}),
+}
+
+
+class ModelFileRefused(Exception):
+    """The model's files are refused before any of their content is built; the message says why."""
+
+
+class ModelFileTampered(ModelFileRefused):
+    """The files differ from the digest the registry recorded at training."""
+
+
+# ---------------------------------------------------------------------------- digest
+
+
+def _digest_files(model_dir: Path) -> Iterator[Path]:
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            yield path
+
+
+def artifact_digest(model_dir: str | os.PathLike[str]) -> str:
+    """sha256 over every file of a downloaded MLflow model directory (relative path and content).
+
+    Covers ``MLmodel``, the skops file, the certificate and the environment fingerprint, so a
+    swapped certificate is as visible as a swapped model."""
+    root = Path(model_dir)
+    outer = hashlib.sha256()
+    for path in _digest_files(root):
+        inner = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                inner.update(block)
+        outer.update(f"{path.relative_to(root).as_posix()}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+def _refuse(path: Path, why: str) -> ModelFileRefused:
+    return ModelFileRefused(f"model file {path.name} refused: {why}")
+
+
+def _strict_json(raw: bytes, path: Path) -> Any:
+    def no_constant(token: str) -> Any:
+        raise ValueError(f"non-JSON number {token}")
+
+    def bounded_int(text: str) -> int:
+        if len(text) > 40:
+            raise ValueError("integer literal longer than 40 digits")
+        return int(text)
+
+    try:
+        return json.loads(raw, parse_constant=no_constant, parse_int=bounded_int)
+    except (ValueError, RecursionError) as exc:
+        raise _refuse(path, f"schema.json is not a valid skops schema ({type(exc).__name__}: {str(exc)[:120]})"
+                      ) from None
+
+
+def _npy_declared_bytes(data: bytes) -> tuple[int, int]:
+    """(header length, bytes the header declares) of one ``.npy`` member; refuses object dtypes."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO(data)
+    major, _minor = npy.read_magic(buf)
+    reader = {1: npy.read_array_header_1_0, 2: npy.read_array_header_2_0}.get(major)
+    if reader is None:
+        raise ValueError(f"unsupported .npy version {major}")
+    shape, _fortran, dtype = reader(buf, max_header_size=10_000)
+    if dtype.hasobject:
+        raise ValueError("object dtype (would need pickle)")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return buf.tell(), count * int(np.dtype(dtype).itemsize)
+
+
+def audit(path: str | os.PathLike[str], *, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES) -> list[str]:
+    """Every dotted name the skops file at ``path`` would build, after checking each against :data:`ALLOWED`.
+
+    Reads only the zip directory, ``schema.json`` and the ``.npy`` headers: nothing is imported
+    or constructed. Raises :class:`ModelFileRefused` naming the first reason found."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise _refuse(path, f"not a skops archive ({type(exc).__name__})") from None
+    with zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        unpacked = sum(i.file_size for i in infos.values())
+        if unpacked > max_unpacked_bytes:
+            raise _refuse(path, f"it unpacks to {unpacked:,} bytes, above the limit of {max_unpacked_bytes:,}")
+        schema_info = infos.get("schema.json")
+        if schema_info is None:
+            raise _refuse(path, "no schema.json")
+        if schema_info.file_size > MAX_SCHEMA_BYTES:
+            raise _refuse(path, f"schema.json is {schema_info.file_size:,} bytes (limit {MAX_SCHEMA_BYTES:,})")
+        schema = _strict_json(zf.read("schema.json"), path)
+        if not isinstance(schema, dict) or schema.get("protocol") != SKOPS_PROTOCOL or \
+                isinstance(schema.get("protocol"), bool):
+            raise _refuse(path, f"skops protocol {schema.get('protocol') if isinstance(schema, dict) else None!r} "
+                                f"(fti reads protocol {SKOPS_PROTOCOL} only)")
+        names: set[str] = set()
+        arrays: list[str] = []
+        _walk(schema, path, names, arrays)
+        for member in arrays:
+            info = infos.get(member)
+            if info is None:
+                raise _refuse(path, f"array member {member!r} is missing from the archive")
+            data = zf.read(member)
+            try:
+                header, declared = _npy_declared_bytes(data)
+            except ValueError as exc:
+                raise _refuse(path, f"array {member!r}: {exc}") from None
+            if header + declared != len(data):
+                raise _refuse(path, f"array {member!r} declares {declared:,} bytes but holds {len(data) - header:,}")
+    return sorted(names)
+
+
+def _walk(schema: Any, path: Path, names: set[str], arrays: list[str]) -> None:
+    """Iterative walk (a deep file cannot exhaust the stack); every object with a class is checked."""
+    stack = [schema]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise _refuse(path, f"more than {MAX_NODES:,} nodes")
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if "__class__" in node or "__module__" in node or "__loader__" in node:
+            loader, module, cls = node.get("__loader__"), node.get("__module__"), node.get("__class__")
+            if not all(isinstance(v, str) for v in (loader, module, cls)):
+                raise _refuse(path, f"a node without a loader, module and class ({str(node)[:80]})")
+            name = f"{module}.{cls}"
+            allowed = ALLOWED.get(str(loader))
+            if allowed is None:
+                raise _refuse(path, f"it uses the skops loader {loader} for {name}, which no fti pipeline needs "
+                                    "(functions, methods, reduce and operator nodes are never loaded)")
+            if name not in allowed:
+                raise _refuse(path, f"{name} ({loader}) is not in fti's model allow-list "
+                                    "(shared/model_file.py ALLOWED): only the types of the pipelines fti trains "
+                                    "are ever built")
+            names.add(name)
+            if loader == "NdArrayNode" and node.get("type") == "numpy":
+                member = node.get("file")
+                if not isinstance(member, str):
+                    raise _refuse(path, "an array node without its file")
+                arrays.append(member)
+        stack.extend(node.values())
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def skops_file(model_dir: Path) -> Path:
+    """The skops file of an MLflow sklearn model directory; refuses any other serialisation."""
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelFileRefused(f"model at {model_dir.name} has no readable MLmodel ({type(exc).__name__})"
+                               ) from None
+    flavor = ((mlmodel or {}).get("flavors") or {}).get("sklearn") or {}
+    if flavor.get("serialization_format") != "skops":
+        raise ModelFileRefused(f"model is saved as {flavor.get('serialization_format')!r}, not skops: fti loads "
+                               "skops models only (pickle and cloudpickle run code on load)")
+    name = str(flavor.get("pickled_model", "model.skops"))
+    target = (model_dir / name).resolve()
+    if target.parent != model_dir.resolve() or not target.is_file():
+        raise ModelFileRefused(f"model file {name!r} named by MLmodel is not a file of the model directory")
+    return target
+
+
+def rehearse(path: Path, memory_limit_mb: int, *, timeout: float = 300.0) -> None:
+    """Build the model once in a child process under ``RLIMIT_AS``; refuse it if that fails."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "shared.model_file", str(path), str(memory_limit_mb)],
+                              env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ModelFileRefused(f"model file {path.name} refused: building it took over {timeout:.0f}s") from None
+    last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["killed"])[-1]
+    if proc.returncode == 2:  # the child's own refusal (the structure of what it built)
+        raise ModelFileRefused(f"model file {path.name} refused: {last.split(': ', 1)[-1][:300]}")
+    if proc.returncode != 0:
+        raise ModelFileRefused(f"model file {path.name} refused: building it under a {memory_limit_mb} MB memory "
+                               f"limit failed ({last[:200]})")
+
+
+def _objects(root: Any, limit: int = 1_000_000) -> Iterator[Any]:
+    """Every object reachable from the loaded pipeline through attributes, lists, tuples, dicts and
+    object arrays (each once)."""
+    import numpy as np
+
+    seen: set[int] = set()
+    stack = [root]
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool)):
+            continue
+        seen.add(id(obj))
+        yield obj
+        if isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, np.ndarray):
+            if obj.dtype == object:
+                stack.extend(obj.ravel().tolist())
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+
+
+def check_structure(model: Any) -> None:
+    """Refuse trees whose node arrays point outside themselves.
+
+    scikit-learn walks tree nodes without bounds checks, so a crafted ``Tree`` or ``TreePredictor``
+    (made only of allow-listed types) would read or crash out of bounds at the first prediction."""
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.tree._tree import Tree
+
+    for obj in _objects(model):
+        if isinstance(obj, Tree):
+            n = int(obj.node_count)
+            left, right, feature = obj.children_left, obj.children_right, obj.feature
+            inner = left != -1
+            idx = np.arange(n)
+            if len(left) != n or np.any(inner & ((left <= idx) | (left >= n) | (right <= idx) | (right >= n))) \
+                    or np.any(~inner & (right != -1)) \
+                    or np.any(inner & ((feature < 0) | (feature >= int(obj.n_features)))):
+                raise ModelFileRefused("a decision tree in the model has nodes that point outside the tree")
+        elif isinstance(obj, TreePredictor):
+            nodes = obj.nodes
+            n = len(nodes)
+            inner = nodes["is_leaf"] == 0
+            idx = np.arange(n)
+            cat = inner & (nodes["is_categorical"] != 0)
+            n_bitsets = len(getattr(obj, "raw_left_cat_bitsets", ()))
+            if np.any(inner & ((nodes["left"] <= idx) | (nodes["left"] >= n) | (nodes["right"] <= idx)
+                               | (nodes["right"] >= n))) or np.any(cat & (nodes["bitset_idx"] >= n_bitsets)):
+                raise ModelFileRefused("a boosted tree in the model has nodes that point outside the tree")
+
+
+def load_model_dir(model_dir: str | os.PathLike[str], *, expected_digest: str | None = None,
+                   memory_limit_mb: int = 2048, max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES) -> Any:
+    """Load an MLflow sklearn model directory through every check above.
+
+    ``expected_digest``: the registry's ``fti.artifact_sha256``; a different directory is refused.
+    ``memory_limit_mb``: 0 skips the rehearsal (only for models this process just wrote itself)."""
+    import skops.io
+
+    root = Path(model_dir)
+    if expected_digest is not None:
+        got = artifact_digest(root)
+        if got != expected_digest:
+            raise ModelFileTampered(f"model files differ from what the registry recorded at training "
+                                   f"(sha256 {got[:12]} vs {expected_digest[:12]}): the local copy was changed or "
+                                   "damaged; delete it from the model cache to fetch it again")
+    path = skops_file(root)
+    names = audit(path, max_unpacked_bytes=max_unpacked_bytes)
+    if memory_limit_mb > 0:
+        rehearse(path, memory_limit_mb)
+    try:
+        model = skops.io.load(path, trusted=names)
+    except Exception as exc:  # a malformed but allow-listed file: refuse, do not crash the caller
+        raise _refuse(path, f"skops could not build it ({type(exc).__name__})") from None
+    check_structure(model)
+    return model
+
+
+def _child(path: str, memory_limit_mb: int) -> int:
+    """``python -m shared.model_file PATH MB``: audit and build once under an address-space limit."""
+    import resource
+
+    import sklearn  # noqa: F401  (imported before the limit: its own mappings are not the model's)
+    import skops.io
+
+    with open("/proc/self/statm") as fh:
+        current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = current + memory_limit_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        names = audit(path)
+        check_structure(skops.io.load(path, trusted=names))
+    except MemoryError:
+        sys.stdout.write("MemoryError: the model asks for more memory than the limit\n")
+        return 3
+    except ModelFileRefused as exc:
+        sys.stdout.write(f"{str(exc).removeprefix(f'model file {Path(path).name} refused: ')}\n")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - only the class is reported: the text may echo file content
+        sys.stdout.write(f"{type(exc).__name__}\n")
+        return 4
+    sys.stdout.write("ok\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(sys.argv[1], int(sys.argv[2])))
