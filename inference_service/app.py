@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from inference_service import errors
 from inference_service.config import Settings
+from inference_service.guard import Guard
 from inference_service.invocations import Signature
 from inference_service.model_loader import MlflowLoader
 from inference_service.observability import Observability, ObserveRequests
@@ -100,7 +101,9 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(metrics.build_router(obs))
-    app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log,
+    guard = Guard.from_settings(settings)  # refuses an unsafe key/host configuration before the port opens
+    app.state.guard = guard
+    app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log, guard=guard,
                        log_bodies=settings.log_request_bodies, json_lines=settings.log_format == "json",
                        fast_lane=Lanes([mlflow_compat.FastLane(lambda: app.state.runtime, signature, obs,
                                                                max_rows=settings.max_invocation_rows,

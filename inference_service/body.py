@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from inference_service import json_stream
+
 MAX_DEPTH = 8
 
 
@@ -29,6 +31,14 @@ def _finite_float(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise BodyError(f"number {text[:40]} is out of range for a 64-bit float")
     return value
+
+
+def bounded_int(text: str) -> int:
+    """JSON integers: any number of digits is valid JSON, but beyond 400 digits Python refuses to convert
+    (``ValueError``, a 500 if unhandled) and no float column could hold it anyway."""
+    if len(text) > 400:
+        raise BodyError(f"integer with {len(text)} digits is out of range for a 64-bit float")
+    return int(text)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -75,10 +85,20 @@ def check_content_type(content_type: str | None) -> None:
             raise BodyError("only UTF-8 bodies are accepted", 415, "unsupported_media_type")
 
 
-def decode(raw: bytes) -> Any:
+STREAM_MIN_BYTES = 64 * 1024  # above this, parse a record at a time (json_stream): the GIL is not held throughout
+
+
+def _duplicate(key: str) -> BodyError:
+    return BodyError(f"duplicate key {key[:64]!r} in one JSON object")
+
+
+def decode(raw: bytes, max_records: int | None = None) -> Any:
+    """The JSON body, strictly; with ``max_records``, a body holding more records is refused (413) as soon
+    as the parser reaches the first one too many, not after parsing all of it."""
     if not raw.strip():
         raise BodyError("the request body is empty; send a JSON object")
-    if not _depth_ok(raw):
+    small = len(raw) <= STREAM_MIN_BYTES
+    if small and not _depth_ok(raw):  # larger bodies: the record-at-a-time parser bounds the nesting it walks
         raise BodyError(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         text = raw.decode("utf-8")
@@ -86,11 +106,17 @@ def decode(raw: bytes) -> Any:
         raise BodyError(f"the body is not valid UTF-8 (byte {exc.start})") from None
     if text.startswith("\ufeff"):
         raise BodyError("the body starts with a byte-order mark; send plain UTF-8")
+    decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, parse_int=bounded_int,
+                               object_pairs_hook=_no_duplicates)
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
-                          object_pairs_hook=_no_duplicates)
+        if small:
+            return decoder.decode(text)
+        return json_stream.loads(text, decoder, max_items=max_records or 10**9, duplicate=_duplicate)
     except BodyError:
         raise
+    except json_stream.TooManyItems as exc:
+        raise BodyError(f"more than {exc.limit} records; the limit is {exc.limit} (FTI_MAX_BATCH_ROWS)", 413,
+                        "too_many_records") from None
     except (json.JSONDecodeError, RecursionError) as exc:
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
         pos = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""

@@ -11,7 +11,28 @@ from shared.settings import MlflowSettings
 
 class Settings(MlflowSettings):
     spec: Path | None = Field(default=None, description="FTI_SPEC: the dataset spec file to serve")
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="FTI_HOST: the address to listen on")
+    auth: str = Field(default="auto", pattern="^(auto|required|off)$", description="FTI_AUTH: auto (API keys "
+                      "required once any is configured; a service listening beyond loopback refuses to start "
+                      "without one), required, or off")
+    api_keys: str | None = Field(default=None, description="FTI_API_KEYS: comma-separated ID:SHA256:SCOPES "
+                                 "entries (scopes predict, read-predictions, read-model joined by +); "
+                                 "`fti keys new` prints one")
+    api_keys_file: Path | None = Field(default=None, description="FTI_API_KEYS_FILE: a file of such entries, one "
+                                       "per line (a mounted secret)")
+    allowed_hosts: str | None = Field(default=None, description="FTI_ALLOWED_HOSTS: "
+                                          "comma-separated Host names the service answers to (* for any); default "
+                                          "the loopback names when listening on loopback, else any (with a warning)")
+    max_concurrent_requests: int = Field(default=8, ge=1, le=10_000, description="FTI_MAX_CONCURRENT_REQUESTS: "
+                                         "non-probe requests in flight at once; the next gets 503 + Retry-After")
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, description="FTI_REQUEST_TIMEOUT_SECONDS: "
+                                           "a request not answered in this time gets 504")
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024, description="FTI_MAX_HEADER_BYTES:"
+                                  " request line + headers; more gets 431")
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="FTI_HEADER_TIMEOUT_SECONDS: "
+                                          "time to send a request's headers (slow clients are closed with 408)")
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, description="FTI_BODY_TIMEOUT_SECONDS: time "
+                                        "to send a request's body once its headers are in")
     port: int = Field(default=8000, ge=1, le=65535)
     model_name: str | None = Field(default=None, description="default: the spec's model.name")
     model_alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -55,6 +76,10 @@ class Settings(MlflowSettings):
     gil_switch_interval: float = Field(default=0.001, gt=0, le=0.1, description="FTI_GIL_SWITCH_INTERVAL: "
                                        "seconds a thread holds the GIL before the event loop may take it back "
                                        "(Python's default 0.005 puts the prediction log's work in /predict's p99)")
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip() for h in (self.allowed_hosts or "").split(",") if h.strip()]
+
     model_cache_dir: Path | None = Field(default=None, description="default: <FTI_DATA_DIR>/model-cache")
     prediction_log: bool = Field(default=True, description="FTI_PREDICTION_LOG: record every prediction in "
                                  "fti_predictions (inputs, outputs, model and feature versions)")

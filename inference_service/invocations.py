@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.raw import Problems
+from inference_service import json_stream
+from shared.raw import Problems, is_decimal_text
 from shared.spec import ColumnType, DatasetSpec
 
 FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
@@ -125,6 +126,13 @@ def _nan_constant(token: str) -> float:
                           error_code="INVALID_PARAMETER_VALUE")
 
 
+def _bounded_int(text: str) -> int:
+    if len(text) > 400:  # Python refuses beyond 4,300 digits; no float column holds 310+
+        raise InvocationError(f"integer with {len(text)} digits is out of range for a 64-bit float",
+                              error_code="INVALID_PARAMETER_VALUE")
+    return int(text)
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -134,7 +142,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def decode_json(raw: bytes) -> Any:
+def _duplicate(key: str) -> InvocationError:
+    return InvocationError(f"duplicate key {key[:64]!r} in one JSON object")
+
+
+def decode_json(raw: bytes, max_rows: int | None = None) -> Any:
+    """The JSON body; above 64 KiB parsed a row at a time (``json_stream``), refused (413) at the first row
+    past ``max_rows``."""
     if not raw.strip():
         raise InvocationError("the request body is empty; send a JSON object with one of: " + ", ".join(FORMATS))
     try:
@@ -143,8 +157,16 @@ def decode_json(raw: bytes) -> Any:
         raise InvocationError(f"the body is not valid UTF-8 (byte {exc.start})") from None
     if text.startswith("\ufeff"):
         raise InvocationError("the body starts with a byte-order mark; send plain UTF-8")
+    decoder = json.JSONDecoder(parse_constant=_nan_constant, parse_int=_bounded_int, object_pairs_hook=_no_duplicates)
     try:
-        return json.loads(text, parse_constant=_nan_constant, object_pairs_hook=_no_duplicates)
+        if len(raw) <= 64 * 1024 or max_rows is None:
+            return decoder.decode(text)
+        return json_stream.loads(text, decoder, max_items=max_rows, duplicate=_duplicate)
+    except InvocationError:
+        raise
+    except json_stream.TooManyItems as exc:
+        raise InvocationError(f"more than {exc.limit} rows; the limit is {exc.limit} per request "
+                              "(FTI_MAX_INVOCATION_ROWS)", status=413) from None
     except json.JSONDecodeError as exc:
         raise InvocationError(f"malformed JSON: {exc.msg} at position {exc.pos}") from None
     except RecursionError:
@@ -278,10 +300,11 @@ def csv_columns(raw: bytes, signature: Signature) -> tuple[dict[str, list[Any]],
             if cell in CSV_NA:
                 values.append(None)
             elif col is not None and col.numeric:
-                try:
-                    values.append(float(cell) if not col.is_bool or cell.lower() not in ("true", "false")
-                                  else cell.lower() == "true")
-                except ValueError:
+                if col.is_bool and cell.lower() in ("true", "false"):
+                    values.append(cell.lower() == "true")
+                elif is_decimal_text(cell.strip()):  # ASCII digits only (float() takes "1_000", "１０")
+                    values.append(float(cell))
+                else:
                     bad.setdefault(name, []).append(i)
                     values.append(None)
             else:
@@ -294,22 +317,50 @@ def csv_columns(raw: bytes, signature: Signature) -> tuple[dict[str, list[Any]],
     return out, len(body)
 
 
-def parquet_columns(raw: bytes, max_rows: int) -> tuple[dict[str, list[Any]], int]:
+MAX_PARQUET_DECODED_BYTES = 64 * 1024 * 1024
+
+
+def _pylist(column: Any) -> list[Any]:
+    """A column as Python values; a dictionary-encoded one maps indices onto one list of its distinct
+    values, so a value repeated in every row exists once (a 13 KB file cannot become 200 MB of copies)."""
+    import pyarrow as pa
+
+    if not pa.types.is_dictionary(column.type):
+        return column.to_pylist()
+    out: list[Any] = []
+    for chunk in column.chunks:
+        values = chunk.dictionary.to_pylist()
+        out.extend(None if i is None else values[i] for i in chunk.indices.to_pylist())
+    return out
+
+
+def parquet_columns(raw: bytes, max_rows: int, max_decoded_bytes: int = MAX_PARQUET_DECODED_BYTES
+                    ) -> tuple[dict[str, list[Any]], int]:
+    """Rows and decompressed size are checked from the file's metadata before any page is read; text
+    columns stay dictionary-encoded while read."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(io.BytesIO(raw))
-        n = pf.metadata.num_rows
+        meta = pf.metadata
+        n = meta.num_rows
         if n > max_rows:
             raise InvocationError(f"{n} rows; the limit is {max_rows} (FTI_MAX_INVOCATION_ROWS)", status=413)
-        table = pf.read()
+        unpacked = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        if unpacked > max_decoded_bytes:
+            raise InvocationError(f"the Parquet file decompresses to {unpacked:,} bytes; the limit is "
+                                  f"{max_decoded_bytes:,}", status=413)
+        text = [f.name for f in pf.schema_arrow
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_binary(f.type)]
+        table = pq.ParquetFile(io.BytesIO(raw), read_dictionary=text).read()
     except InvocationError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is the client's file
         raise InvocationError(f"the body is not a readable Parquet file: {type(exc).__name__}") from None
-    meta = table.schema.pandas_metadata or {}
-    index_cols = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
-    return {name: table.column(name).to_pylist() for name in table.column_names if name not in index_cols}, n
+    meta_pd = table.schema.pandas_metadata or {}
+    index_cols = {c for c in meta_pd.get("index_columns", []) if isinstance(c, str)}
+    return {name: _pylist(table.column(name)) for name in table.column_names if name not in index_cols}, n
 
 
 # ---------------------------------------------------------------------- raw columns -> canonical

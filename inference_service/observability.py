@@ -167,8 +167,9 @@ class ObserveRequests:
     """Pure ASGI middleware (no per-request task or body copy): ids, metrics, one access-log line."""
 
     def __init__(self, app: Any, obs: Observability, *, access_log_on: bool = True, log_bodies: bool = False,
-                 json_lines: bool = True, fast_lane: Any = None):
+                 json_lines: bool = True, fast_lane: Any = None, guard: Any = None):
         self.app = app
+        self.guard = guard  # inference_service.guard.Guard: hosts, keys, concurrency, deadline
         self.fast_lane = fast_lane  # handles() + __call__(scope, receive, send, state): the scoring hot path
         self.obs = obs
         self.access_log_on = access_log_on
@@ -209,11 +210,25 @@ class ObserveRequests:
             return message
 
         lane = self.fast_lane is not None and self.fast_lane.handles(scope)
-        try:
+        rcv = receive_copy if body is not None else receive
+
+        async def dispatch(out: Any) -> None:
             if lane:
-                await self.fast_lane(scope, receive_copy if body is not None else receive, send_with_id, state)
+                await self.fast_lane(scope, rcv, out, state)
             else:
-                await self.app(scope, receive_copy if body is not None else receive, send_with_id)
+                await self.app(scope, rcv, out)
+
+        try:
+            if self.guard is None:
+                await dispatch(send_with_id)
+            else:
+                rejection = self.guard.admit(scope)
+                if rejection is not None:
+                    from inference_service.guard import send_json
+
+                    await send_json(send_with_id, *rejection)
+                else:
+                    await self.guard.run(scope, dispatch, send_with_id)
         finally:
             seconds = time.perf_counter() - t0
             route = scope.get("route")

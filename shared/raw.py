@@ -32,7 +32,17 @@ MIN_TIMESTAMP = pd.Timestamp("1900-01-01", tz="UTC")
 MAX_TIMESTAMP = pd.Timestamp("2200-01-01", tz="UTC")
 MAX_ROWS_LISTED = 10
 # ISO 8601 only: pandas would also take "now", "5/3/2024" (which day?) or "2024".
-_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
+# ASCII digits only: ``\d`` would also match Arabic-Indic or full-width digits, which pandas then misreads.
+_ISO_TIMESTAMP = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$")
+# A decimal number as text, ASCII only: ``float()`` alone also takes "1_000", full-width digits, "nan", "inf".
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def is_decimal_text(text: str) -> bool:
+    """True for a plain ASCII decimal number (``-1.5``, ``2e3``); False for what ``float()`` also takes
+    but a data file should not hold: ``1_000``, non-ASCII digits, ``nan``, ``inf``."""
+    return _DECIMAL.fullmatch(text) is not None
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -138,16 +148,20 @@ def _parse_numeric(values: np.ndarray, col: ColumnSpec, strict_json: bool
                 else:
                     bad.append(i)
                 continue
-            try:
-                out[i] = float(s)
-            except ValueError:
-                bad.append(i)
+            if not is_decimal_text(s):
+                if s.lower() != "nan":  # "nan" is a missing value, as pandas writes one
+                    bad.append(i)
+                continue
+            out[i] = float(s)  # beyond the float range: inf, reported as not finite
             continue
         if isinstance(v, (int, float, np.integer, np.floating)):
             if is_bool and strict_json:
                 bad.append(i)
                 continue
-            f = float(v)
+            try:
+                f = float(v)
+            except OverflowError:  # an integer beyond the float range (JSON allows any number of digits)
+                f = math.inf if v > 0 else -math.inf
             if is_bool and not math.isnan(f) and f not in (0.0, 1.0):
                 bad.append(i)
                 continue
@@ -195,8 +209,11 @@ def _timestamp_series(micros: np.ndarray) -> pd.Series:
     return pd.Series(micros.view("datetime64[us]")).dt.tz_localize("UTC")
 
 
-def _parse_timestamp_micros(values: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Epoch microseconds (UTC), ``NAT_MICROS`` where missing, and the rows that could not be parsed."""
+def _parse_timestamp_micros(values: np.ndarray, naive_rows: list[int] | None = None,
+                            aware_rows: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+    """Epoch microseconds (UTC), ``NAT_MICROS`` where missing, and the rows that could not be parsed.
+
+    ``naive_rows`` / ``aware_rows``, if given, collect the rows without and with a UTC offset."""
     micros = np.full(len(values), NAT_MICROS, dtype=np.int64)  # NaT sentinel
     bad: list[int] = []
     for i, v in enumerate(values):
@@ -219,6 +236,8 @@ def _parse_timestamp_micros(values: np.ndarray) -> tuple[np.ndarray, list[int]]:
             continue
         if ts is pd.NaT:
             continue
+        if naive_rows is not None and aware_rows is not None:
+            (naive_rows if ts.tzinfo is None else aware_rows).append(i)
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
         if not (MIN_TIMESTAMP <= ts < MAX_TIMESTAMP):  # before .value, which overflows far out
             bad.append(i)
@@ -275,7 +294,8 @@ def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, c
                 problems.add("invalid_type", f"expected {kind}", name, bad)
             finite_bad = np.flatnonzero(np.isinf(values))
             if len(finite_bad):
-                problems.add("not_finite", "infinite values are not allowed", name, finite_bad)
+                problems.add("not_finite", "infinite values, or numbers beyond the 64-bit float range, are not "
+                             "allowed", name, finite_bad)
                 values[np.isinf(values)] = np.nan
                 bad = bad + [int(i) for i in finite_bad]
             if col.type == ColumnType.INT:
@@ -303,11 +323,20 @@ def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, c
                 problems.add("too_long", f"longer than {col.max_length} characters", name, too_long)
             series = values_t
         else:
-            micros, bad = _parse_timestamp_micros(raw)
+            naive: list[int] = []
+            aware: list[int] = []
+            micros, bad = _parse_timestamp_micros(raw, naive, aware)
             if bad:
                 problems.add("invalid_timestamp",
                              f"expected an ISO 8601 timestamp between {MIN_TIMESTAMP.year} and "
                              f"{MAX_TIMESTAMP.year}", name, bad)
+            if naive and aware:  # naive ones would silently be read as UTC: the data says otherwise
+                rows = naive if len(naive) <= len(aware) else aware
+                problems.add("mixed_timezones",
+                             f"mixes timestamps with and without a UTC offset ({len(aware)} with, {len(naive)} "
+                             f"without); these rows are the {'naive' if rows is naive else 'offset'} ones: give "
+                             "every timestamp an offset (e.g. Z), or none", name, rows)
+                bad = bad + rows
             series = micros
             missing = missing | (micros == NAT_MICROS)
         if not col.nullable:

@@ -6,6 +6,9 @@ Session-scoped:
     ``postgresql+psycopg://USER@127.0.0.1:PORT/DBNAME``.
   * ``mlflow_server`` - a real ``mlflow server`` subprocess (SQLite backend,
     proxied artifacts); ``.url`` and ``.log_path``.
+  * ``claims_store`` - one trained claims store for the session (``fti features run`` +
+    ``fti train`` on a small seeded source, SQLite + local MLflow); read it, or mutate a
+    ``tests.helpers.copy_store`` of it.
 Function-scoped:
   * ``pg_database`` - URL of a fresh, uniquely named database, dropped afterwards.
   * ``mlflow_env`` - points MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI at
@@ -111,6 +114,19 @@ def mlflow_server(
         yield server
     finally:
         stop_mlflow_server(server)
+
+
+@pytest.fixture(scope="session")
+def claims_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One trained claims store for the whole session (see ``tests.helpers.train_claims_store``)."""
+    import time
+
+    from tests.helpers import train_claims_store
+
+    t0 = time.perf_counter()
+    store = train_claims_store(tmp_path_factory.mktemp("claims-store"))
+    _record_startup(request.config, "claims store (features + train)", time.perf_counter() - t0)
+    return store
 
 
 @pytest.fixture

@@ -130,3 +130,54 @@ def raw_json_records(csv_path: Path, spec_path: Path) -> list[dict[str, Any]]:
                 rec[name] = value
         out.append(rec)
     return out
+
+
+def register_cache_edit(tracking_uri: str, cache_dir: Path, name: str, version: str) -> str:
+    """Make an edited model-cache entry look *registered* that way: the version's ``fti.artifact_sha256``
+    (in the registry and in the cache's alias records) becomes the digest of the edited files.
+
+    Tests that need a model whose certificate or fingerprint is wrong use it after editing the cache;
+    without it the edit is what it is in production -- a tampered copy, dropped and fetched again."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from shared.model_file import artifact_digest
+    from shared.registry_contract import Tag
+
+    digest = artifact_digest(cache_dir / name / str(version))
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_model_version_tag(
+        name, str(version), Tag.ARTIFACT_SHA256, digest)
+    for pointer in (cache_dir / name).glob("@*.json"):
+        info = json.loads(pointer.read_text())
+        if str(info.get("version")) == str(version):
+            info["tags"][Tag.ARTIFACT_SHA256] = digest
+            pointer.write_text(json.dumps(info, sort_keys=True))
+    return digest
+
+
+def train_claims_store(root: Path, *, n_policyholders: int = 300) -> dict[str, Any]:
+    """``fti features run`` + ``fti train`` on a small seeded claims source under ``root`` (real subprocesses)."""
+    spec = write_claims_spec(root / "spec", n_policyholders=n_policyholders)
+    data = root / "data"
+    env = fti_env(data, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    for args in (["features", "run", "--spec", str(spec)], ["train", "--spec", str(spec)]):
+        res = run_fti(args, env)
+        assert res.returncode == 0, res.stderr[-3000:]
+    return {"root": root, "spec": spec, "data": data, "env": env, "uri": f"sqlite:///{data / 'mlflow.db'}",
+            "name": "claims-fraud"}
+
+
+def copy_store(store: dict[str, Any], target: Path) -> dict[str, Any]:
+    """A private copy of a trained store (spec, source, feature store, registry, model cache) to mutate.
+
+    The registry's artifact locations are absolute paths inside ``store['root']``; the copy keeps reading
+    the original artifacts (never written by the tests), while its databases are its own."""
+    import shutil
+
+    shutil.copytree(store["root"], target, dirs_exist_ok=True)
+    spec = target / store["spec"].relative_to(store["root"])
+    data = target / store["data"].relative_to(store["root"])
+    env = fti_env(data, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return {**store, "root": target, "spec": spec, "data": data, "env": env,
+            "uri": f"sqlite:///{data / 'mlflow.db'}"}

@@ -89,6 +89,19 @@ def _schema(signature: inv.Signature, max_rows: int) -> dict[str, Any]:
                       one("inputs", {"anyOf": [columns, records]}), one("instances", {"anyOf": [records, columns]})]}
 
 
+INLINE_MAX_BYTES = 64 * 1024
+
+
+def _decode(mime: str, raw: bytes, signature: inv.Signature, max_rows: int) -> tuple[int, dict[str, Any]]:
+    if mime == "application/json":
+        columns, n = inv.json_columns(inv.decode_json(raw, max_rows))
+    elif mime == "text/csv":
+        columns, n = inv.csv_columns(raw, signature)
+    else:
+        columns, n = inv.parquet_columns(raw, max_rows)
+    return n, inv.validate(columns, n, signature, max_rows=max_rows)
+
+
 async def score_invocation(runtime: Runtime, content_type: str | None, raw: bytes, request_id: str,
                            signature: inv.Signature, obs: Observability, max_rows: int
                            ) -> tuple[int, bytes, dict[str, str], dict[str, Any]]:
@@ -100,13 +113,10 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
     headers = {"X-Model-Name": model.name, "X-Model-Version": model.version}
     try:
         mime = inv.check_content_type(content_type)
-        if mime == "application/json":
-            columns, n = inv.json_columns(inv.decode_json(raw))
-        elif mime == "text/csv":
-            columns, n = inv.csv_columns(raw, signature)
-        else:
-            columns, n = inv.parquet_columns(raw, max_rows)
-        canonical = inv.validate(columns, n, signature, max_rows=max_rows)
+        if len(raw) <= INLINE_MAX_BYTES:
+            n, canonical = _decode(mime, raw, signature, max_rows)
+        else:  # off the event loop: a large body never holds up the probes
+            n, canonical = await run_in_threadpool(_decode, mime, raw, signature, max_rows)
     except inv.InvocationError as exc:
         return exc.status, _error_body(exc.error_code, str(exc), exc.problems), headers, \
             {"error": exc.error_code, "model_name": model.name}

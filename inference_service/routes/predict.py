@@ -121,15 +121,18 @@ async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, 
     if model is None:
         return _error(503, "error", f"no model is loaded: {runtime.last_error or 'loading'}",
                       headers={"Retry-After": "5"})
+    limit = runtime.settings.max_batch_rows
     try:
         body_codec.check_content_type(content_type)
-        payload = body_codec.decode(raw)
+        if len(raw) <= body_codec.STREAM_MIN_BYTES:
+            payload = body_codec.decode(raw)
+        else:  # off the event loop, a record at a time, stopping at the first record past the limit
+            payload = await run_in_threadpool(body_codec.decode, raw, limit)
     except body_codec.BodyError as exc:
         return _error(exc.status, exc.code, str(exc))
     if not isinstance(payload, dict) or set(payload) != {"records"}:
         return _error(400, "bad_request", 'the body must be a JSON object {"records": [...]}')
     records = payload["records"]
-    limit = runtime.settings.max_batch_rows
     if not isinstance(records, list) or not records:
         return _error(400, "bad_request", '"records" must be a non-empty array of objects')
     if len(records) > limit:

@@ -17,7 +17,7 @@ import textwrap
 import httpx
 import pytest
 
-from tests.helpers import Server, fti_env, raw_json_records, run_fti, write_claims_spec
+from tests.helpers import Server, fti_env, raw_json_records, register_cache_edit, run_fti, write_claims_spec
 
 pytestmark = [pytest.mark.e2e]
 
@@ -82,6 +82,7 @@ def test_corrupted_certificate_output_refuses_readiness(trained, tmp_path):
     cert = json.loads((extra / "certificate.json").read_text())
     cert["expected"][3][1] = cert["expected"][3][1] + 1e-12
     (extra / "certificate.json").write_text(json.dumps(cert))
+    register_cache_edit(f"sqlite:///{data / 'mlflow.db'}", data / "model-cache", trained["name"], trained["version"])
     server = Server(trained["spec"], fti_env(data, OMP_NUM_THREADS="1"), tmp_path / "server.log")
     try:
         ready = _not_ready(server)
@@ -135,6 +136,7 @@ def test_fingerprint_mismatch_refused_then_overridden(trained, tmp_path):
     running = envfile["enforced"]["scikit-learn"]
     envfile["enforced"]["scikit-learn"] = "1.0.2"  # simulate a model trained with another scikit-learn
     (extra / "environment.json").write_text(json.dumps(envfile))
+    register_cache_edit(f"sqlite:///{data / 'mlflow.db'}", data / "model-cache", trained["name"], trained["version"])
 
     server = Server(trained["spec"], fti_env(data, OMP_NUM_THREADS="1"), tmp_path / "refused.log")
     try:

@@ -32,7 +32,7 @@ from sqlalchemy import select
 from inference_service.model_loader import MlflowLoader
 from shared.db import make_engine
 from shared.prediction_table import predictions
-from tests.helpers import Server, fti_env, raw_json_records, run_fti, write_claims_spec
+from tests.helpers import Server, fti_env, raw_json_records, register_cache_edit, run_fti, write_claims_spec
 
 pytestmark = [pytest.mark.e2e]
 
@@ -229,6 +229,8 @@ def test_refused_candidate_leaves_the_old_model_serving_until_it_is_fixed(tmp_pa
     running = fingerprint["enforced"]["scikit-learn"]
     fingerprint["enforced"]["scikit-learn"] = "1.0.2"  # as if trained with another scikit-learn
     env_file.write_text(json.dumps(fingerprint))
+    cache = s["data"] / "model-cache"
+    register_cache_edit(s["mlflow_uri"], cache, NAME, "2")  # as if registered with these files
     registry = MlflowClient(tracking_uri=s["mlflow_uri"], registry_uri=s["mlflow_uri"])
     log_path = tmp_path / "server.log"
 
@@ -263,6 +265,7 @@ def test_refused_candidate_leaves_the_old_model_serving_until_it_is_fixed(tmp_pa
         cert["expected"][3][1] = cert["expected"][3][1] + 1e-12
         cert_file.write_text(json.dumps(cert))
         env_file.write_text(env_orig)
+        register_cache_edit(s["mlflow_uri"], cache, NAME, "2")
         registry.set_model_version_tag(NAME, "2", "fti.recheck", "1")
         model = _wait_json(f"{server.url}/model",
                            lambda b: (b["reload"]["last_reload_error"] or {}).get("failures") == 2, 45,
@@ -278,6 +281,7 @@ def test_refused_candidate_leaves_the_old_model_serving_until_it_is_fixed(tmp_pa
 
         # 3. certificate repaired and re-tagged: version 2 goes in
         cert_file.write_text(cert_orig)
+        register_cache_edit(s["mlflow_uri"], cache, NAME, "2")
         registry.set_model_version_tag(NAME, "2", "fti.recheck", "2")
         ready = _wait_json(f"{server.url}/health/ready", lambda b: b["model_version"] == "2", 45, "version 2 served")
         assert ready["reload"]["in_sync"] is True and ready["reload"]["reloads"] == 1

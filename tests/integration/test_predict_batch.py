@@ -330,16 +330,26 @@ def test_a_model_failing_its_certificate_at_the_model_level_is_refused_before_an
     cert = json.loads(cert_path.read_text())
     cert["expected"][5][1] = float(np.nextafter(cert["expected"][5][1], 2.0))
     cert_path.write_text(json.dumps(cert))
+    from mlflow import MlflowClient
 
-    before = _stored(project.store_url)
-    # --replace too: the refusal comes before the existing batch (if any) would be deleted.
-    code, out, err = _main(project, monkeypatch, capsys, "--model", f"{project.name}/1", "--feature-version", "1",
-                           "--replace", FTI_MODEL_CACHE_DIR=str(cache))
-    assert code == 2, err
-    assert f"fti: error: refusing {project.name} version 1: on its parity certificate's model inputs it does not " \
-           "give the certified outputs (1 of " in err and " rows differ" in err, err
-    assert "Nothing was written" in err and out == ""
-    assert _stored(project.store_url) == before
+    from shared.registry_contract import Tag
+    from tests.helpers import register_cache_edit
+
+    client = MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.tracking_uri)
+    genuine = client.get_model_version(project.name, "1").tags[Tag.ARTIFACT_SHA256]
+    register_cache_edit(project.tracking_uri, cache, project.name, "1")  # as if registered with this certificate
+    try:
+        before = _stored(project.store_url)
+        # --replace too: the refusal comes before the existing batch (if any) would be deleted.
+        code, out, err = _main(project, monkeypatch, capsys, "--model", f"{project.name}/1", "--feature-version", "1",
+                               "--replace", FTI_MODEL_CACHE_DIR=str(cache))
+        assert code == 2, err
+        assert f"fti: error: refusing {project.name} version 1: on its parity certificate's model inputs it does not " \
+               "give the certified outputs (1 of " in err and " rows differ" in err, err
+        assert "Nothing was written" in err and out == ""
+        assert _stored(project.store_url) == before
+    finally:
+        client.set_model_version_tag(project.name, "1", Tag.ARTIFACT_SHA256, genuine)
 
 
 # --------------------------------------------------------------------------- killed mid-run, concurrent reruns
