@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -129,6 +130,27 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     else:
         print(report.render())
     return report.exit_code
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    import secrets
+
+    from inference_service.guard import SCOPES, hash_key
+
+    scopes = [x.strip() for x in args.scopes.split(",") if x.strip()]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.id):
+        print(f"fti: error: --id must be 1-64 of A-Z a-z 0-9 _ . - and --scopes among {', '.join(SCOPES)}"
+              + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
+        return 2
+    key = secrets.token_urlsafe(32)
+    entry = f"{args.id}:{hash_key(key)}:{'+'.join(scopes)}"
+    if args.json:
+        print(json.dumps({"id": args.id, "key": key, "entry": entry, "scopes": scopes}))
+    else:
+        print(f"key (give it to the client; it is not stored anywhere): {key}")
+        print(f"entry (add it to FTI_API_KEYS or a line of FTI_API_KEYS_FILE): {entry}")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -285,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="delete and rewrite an existing batch for this feature and model version (atomically)")
     pb.add_argument("--json", action="store_true", help="print the summary as JSON")
     pb.set_defaults(func=cmd_predict_batch)
+
+    keys = sub.add_parser("keys", help="API keys for the inference service").add_subparsers(dest="action",
+                                                                                          required=True)
+    kn = keys.add_parser("new", help="make a random API key: prints the key (give it to the client) and the "
+                                     "entry to add to FTI_API_KEYS / FTI_API_KEYS_FILE (only its sha256)")
+    kn.add_argument("--id", required=True, help="a name for the key, shown in 403 messages and logs")
+    kn.add_argument("--scopes", default="predict", help="comma-separated: predict, read-predictions, read-model "
+                                                        "(default: predict)")
+    kn.add_argument("--json", action="store_true")
+    kn.set_defaults(func=cmd_keys_new)
 
     lin = sub.add_parser("lineage", help="a logged prediction's lineage chain, recomputed")
     lin.add_argument("prediction_id")

@@ -31,6 +31,7 @@ from inference_service.routes import health, metrics, mlflow_compat, predictions
 from inference_service.routes.predict import PredictLane, build_router
 from inference_service.runtime import Runtime
 from inference_service.schemas import predict_request_schema
+from inference_service.store_guard import StoreGuard
 from shared.db import make_engine
 from shared.spec import SpecError, load_spec
 
@@ -62,7 +63,10 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
         writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
                                      flush_interval=settings.prediction_log_flush_seconds).start() \
             if settings.prediction_log else None
-        runtime = Runtime(settings=settings, spec=loaded, engine=engine,
+        store_guard = StoreGuard(engine, spec.name)
+        if writer is not None:
+            writer.store_check = store_guard.file_problem
+        runtime = Runtime(settings=settings, spec=loaded, engine=engine, store_guard=store_guard,
                           loader=loader or MlflowLoader(settings.tracking_uri, settings.registry_uri,
                                                         settings.cache_dir,
                                                         allow_env_mismatch=settings.allow_env_mismatch,

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ def install(app: FastAPI) -> None:
         problems = [{"code": e.get("type"), "column": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg")}
                     for e in exc.errors()]
         return error_response(400, "invalid_request", "the request does not match the schema", problems)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Any:
+        # The client left mid-request: nothing to answer and nothing wrong with the service.
+        log.info("client disconnected during %s %s (request %s)", request.method, request.url.path,
+                 getattr(request.state, "request_id", None))
+        return error_response(400, "client_disconnected", "the client disconnected before the request was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Any:

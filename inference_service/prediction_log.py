@@ -65,6 +65,10 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+class StoreChanged(RuntimeError):
+    """The store file is not the one opened (deleted or replaced): writing there would lose the rows."""
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0][:300] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"
@@ -98,6 +102,8 @@ class PredictionLogWriter:
         self._counts = {"submitted": 0, "written": 0, "dropped": 0, "failed": 0, "lost_on_shutdown": 0,
                         "batches": 0, "retries": 0}
         self.last_error: str | None = None
+        self.store_check: Callable[[], str | None] | None = None  # StoreGuard.file_problem, set by the app
+        self._store_changed = False
         self._cpu = 0.0  # CPU seconds the writer thread spent building and inserting rows
 
     # ------------------------------------------------------------------ producer side (request threads)
@@ -266,13 +272,15 @@ class PredictionLogWriter:
 
     def _write(self, rows: list[Row], *, retry: bool) -> None:
         """Insert ``rows`` in one transaction. Raises on transient errors (the caller retries them)."""
-        if retry:  # the previous attempt's commit may have succeeded: do not insert those rows twice
+        if retry and not self._store_changed:  # the previous commit may have succeeded: do not insert twice
             rows = self._not_yet_stored(rows)
             if not rows:
                 return
+        self._check_store()
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(predictions), rows)
+            self._check_store()  # replaced while committing: the rows went into the old file, not written
         except SQLAlchemyError as exc:
             if _transient(exc):
                 raise
@@ -282,6 +290,12 @@ class PredictionLogWriter:
             return
         self._count("written", len(rows))
         self._count("batches", 1)
+
+    def _check_store(self) -> None:
+        problem = self.store_check() if self.store_check is not None else None
+        if problem is not None:
+            self._store_changed = True  # never ask the old file which rows it holds: it is not the store
+            raise StoreChanged(problem)
 
     def _not_yet_stored(self, rows: list[Row]) -> list[Row]:
         ids = [r["prediction_id"] for r in rows]

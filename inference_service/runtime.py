@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     reload: ReloadState = field(init=False)
     online: Any = None  # inference_service.online_fast.OnlineFeatures, verified; replaced as a whole
+    store_guard: Any = None  # inference_service.store_guard.StoreGuard: the store is the one opened, unchanged
+    integrity_error: str | None = None  # set while the store guard finds a problem: not ready, /predict 503
 
     def __post_init__(self) -> None:
         self._swap = threading.Lock()  # read-modify-write of ``model`` (confirm, fast-path upgrade) stays whole
@@ -91,6 +94,8 @@ class Runtime:
                     f"{redact(str(self.engine.url))}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 ) from exc
             log.info("feature store schema at revision %s; prediction log on", ft.SCHEMA_HEAD)
+        if self.store_guard is not None:
+            self.store_guard.remember()
         self.store_ready = True
 
     def _count_load(self, kind: str, outcome: str, seconds: float | None = None) -> None:
@@ -178,6 +183,7 @@ class Runtime:
             except Exception as exc:  # noqa: BLE001 - keep the process alive, report the cause
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self._count_load("initial", "failed")
+                log.debug("load attempt failed", exc_info=True)
             self.attempts = tries  # failed attempts, counted once the reason is known
             wait = self._backoff(tries)
             log.warning("not ready (attempt %d): %s; retrying in %.1fs", tries, self.last_error, wait)
@@ -185,6 +191,7 @@ class Runtime:
 
     async def run(self) -> None:
         """The service's background task: load the first model, then watch the alias."""
+        store = asyncio.create_task(self.watch_store(), name="store-guard")
         await self.load_until_ready()
         _freeze_heap()
         upgrade = asyncio.create_task(self._upgrade_then_freeze(), name="fast-path-verification")
@@ -195,6 +202,30 @@ class Runtime:
             await self.watch_alias()
         finally:
             upgrade.cancel()
+            store.cancel()
+
+    async def watch_store(self) -> None:
+        """Every FTI_FEATURE_REFRESH_SECONDS: is the store still the one opened, its latest version whole?"""
+        if self.store_guard is None:
+            return
+        while True:
+            try:
+                problem = await asyncio.to_thread(self.store_guard.check)
+            except Exception as exc:  # noqa: BLE001 - an unreachable store is reported by the scoring paths
+                log.debug("store check could not run: %s", _reason(exc))
+                problem = self.integrity_error if self.store_guard.file_problem() else None
+            if problem != self.integrity_error:
+                if problem:
+                    log.error("NOT READY: %s", problem)
+                else:
+                    log.info("feature store checks pass again: ready")
+                self.integrity_error = problem
+            await asyncio.sleep(self.settings.feature_refresh_seconds)
+
+    @property
+    def public_error(self) -> str | None:
+        """``last_error`` as a client may see it: no URL, file path or library text (those go to the log)."""
+        return public_reason(self.integrity_error or self.last_error)
 
     async def _upgrade_then_freeze(self) -> None:
         await asyncio.to_thread(self.upgrade_scorer)
@@ -399,6 +430,22 @@ def _freeze_heap() -> None:
     stalls the event loop for tens of milliseconds: the tail of the latency distribution."""
     gc.collect()
     gc.freeze()
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>),]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)+[\w.@+-]*")
+_LIBRARY_TEXT = re.compile(r"(HTTPConnectionPool|HTTPSConnectionPool|Max retries exceeded|urllib3|"
+                           r"NewConnectionError|ConnectionRefusedError|Traceback)")
+
+
+def public_reason(text: str | None) -> str | None:
+    """A not-ready reason without internal addresses, paths or library messages (all of it is in the log)."""
+    if not text:
+        return text
+    if _LIBRARY_TEXT.search(text):
+        head = text.split(":", 1)[0] if ":" in text[:80] else "a dependency"
+        return f"{head[:80]}: a dependency (model registry or feature store) cannot be reached; see the server log"
+    return _PATH.sub("<path>", _URL.sub("<url>", text))
 
 
 def _reason(exc: BaseException) -> str:

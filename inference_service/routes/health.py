@@ -23,9 +23,9 @@ def live() -> dict[str, str]:
 def ready(runtime: RuntimeDep) -> JSONResponse:
     plog = runtime.prediction_log.stats() if runtime.prediction_log is not None else {"enabled": False}
     m = runtime.model  # once: a hot reload may swap it meanwhile
-    if m is None:
-        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "attempts": runtime.attempts,
-                             "prediction_log": plog, "reload": runtime.reload.as_dict(None)},
+    if m is None or runtime.integrity_error:
+        return JSONResponse({"status": "not_ready", "reason": runtime.public_error, "attempts": runtime.attempts,
+                             "prediction_log": plog, "reload": runtime.reload.as_dict(m.version if m else None)},
                             status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "model_name": m.name, "model_version": m.version, "alias": m.alias,
                          "alias_confirmed": m.alias_confirmed, "scorer": _scorer(m), "prediction_log": plog, "reload": runtime.reload.as_dict(m.version)})
@@ -36,7 +36,7 @@ def ready(runtime: RuntimeDep) -> JSONResponse:
 def model(runtime: RuntimeDep) -> Any:
     model = runtime.model  # once: a hot reload may swap it meanwhile
     if model is None:
-        return JSONResponse({"status": "not_ready", "reason": runtime.last_error, "rejected": runtime.rejected,
+        return JSONResponse({"status": "not_ready", "reason": runtime.public_error, "rejected": runtime.rejected,
                              "reload": runtime.reload.as_dict(None)}, status_code=503, headers={"Retry-After": "5"})
     return {
         "model_name": model.name, "model_version": model.version, "alias": model.alias,

@@ -51,7 +51,7 @@ def mlflow_error(status: int, error_code: str, message: str, problems: list[dict
 
 
 def _not_ready(runtime: Runtime) -> Response:
-    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", f"no model is loaded: {runtime.last_error or 'loading'}",
+    return mlflow_error(503, "TEMPORARILY_UNAVAILABLE", f"no model is loaded: {runtime.public_error or 'loading'}",
                         headers={"Retry-After": "5"})
 
 

@@ -119,8 +119,10 @@ async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, 
     Called by the route and by :class:`PredictLane` alike, so both answer byte for byte the same."""
     model = runtime.model  # once: a hot reload may swap it meanwhile
     if model is None:
-        return _error(503, "error", f"no model is loaded: {runtime.last_error or 'loading'}",
+        return _error(503, "error", f"no model is loaded: {runtime.public_error or 'loading'}",
                       headers={"Retry-After": "5"})
+    if runtime.integrity_error:
+        return _error(503, "feature_store_changed", runtime.public_error or "", headers={"Retry-After": "5"})
     limit = runtime.settings.max_batch_rows
     try:
         body_codec.check_content_type(content_type)
