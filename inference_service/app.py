@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
         for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
             os.environ.setdefault(var, value)
-        engine = make_engine(settings.feature_store_url)
+        engine = make_engine(settings.feature_store_url, must_exist=True)
         writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
                                      flush_interval=settings.prediction_log_flush_seconds).start() \
             if settings.prediction_log else None

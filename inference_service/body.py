@@ -1,13 +1,15 @@
 """Strict JSON request decoding: what ``json.loads`` lets through that a model must not see.
 
-Rejected with 400: ``NaN``/``Infinity`` tokens, numbers that overflow to
-infinity (``1e400``), duplicate keys in one object, nesting deeper than a
-tabular record needs, and bodies that are not UTF-8.
+Rejected with 400: ``NaN``/``Infinity`` tokens, duplicate keys in one object,
+nesting deeper than a tabular record needs, and bodies that are not UTF-8.
+Numbers that overflow a float (``1e400``, a 5,000-digit integer) decode to an
+infinity, which record validation refuses naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from inference_service import json_stream
@@ -26,18 +28,12 @@ def _reject_constant(token: str) -> Any:
     raise BodyError(f"{token} is not valid JSON; send null for a missing value")
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise BodyError(f"number {text[:40]} is out of range for a 64-bit float")
-    return value
-
-
-def bounded_int(text: str) -> int:
-    """JSON integers: any number of digits is valid JSON, but beyond 400 digits Python refuses to convert
-    (``ValueError``, a 500 if unhandled) and no float column could hold it anyway."""
+def bounded_int(text: str) -> int | float:
+    """JSON integers: any number of digits is valid JSON, but beyond 4,300 digits Python refuses to convert
+    (``ValueError``, a 500 if unhandled) and beyond ~310 no float holds it: such a number becomes an
+    infinity, which validation then refuses naming the field and record."""
     if len(text) > 400:
-        raise BodyError(f"integer with {len(text)} digits is out of range for a 64-bit float")
+        return -math.inf if text.startswith("-") else math.inf
     return int(text)
 
 
@@ -106,7 +102,8 @@ def decode(raw: bytes, max_records: int | None = None) -> Any:
         raise BodyError(f"the body is not valid UTF-8 (byte {exc.start})") from None
     if text.startswith("\ufeff"):
         raise BodyError("the body starts with a byte-order mark; send plain UTF-8")
-    decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, parse_int=bounded_int,
+    # numbers beyond the float range become infinities here and are refused by validation, naming the field
+    decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_int=bounded_int,
                                object_pairs_hook=_no_duplicates)
     try:
         if small:

@@ -24,6 +24,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _head_bytes = 0
         _in_head = True
+        _discarding = False
         _timer: TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -62,15 +63,24 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
                 cycle.message_event.set()
             self._reject(408, "request_timeout", why)
 
-        def _reject(self, status: int, code: str, message: str) -> None:
+        def _reject(self, status: int, code: str, message: str, *, linger: bool = False) -> None:
             body = json.dumps({"error": {"code": code, "message": message}}).encode()
             head = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status]), b"content-type: application/json\r\n",
                     b"content-length: %d\r\n" % len(body), b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n",
                     b"connection: close\r\n\r\n"]
             self.transport.write(b"".join(head) + body)
+            if linger and self.transport.can_write_eof():
+                # The client is still sending what we refused: closing now would answer its next bytes with a
+                # reset that destroys our response. Half-close, drop what still arrives, close a bit later.
+                self._discarding = True
+                self.transport.write_eof()
+                self.loop.call_later(2.0, self.transport.close)
+                return
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            if self._discarding:
+                return
             if self._in_head:
                 self._head_bytes += len(data)
                 if self._head_bytes > max_header_bytes:
@@ -79,7 +89,8 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
                     if end < 0 or self._head_bytes - len(data) + end > max_header_bytes:
                         self._cancel()
                         self._reject(431, "headers_too_large", f"the request line and headers exceed "
-                                                               f"{max_header_bytes} bytes (FTI_MAX_HEADER_BYTES)")
+                                                               f"{max_header_bytes} bytes (FTI_MAX_HEADER_BYTES)",
+                                     linger=True)
                         return
             super().data_received(data)
 

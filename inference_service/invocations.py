@@ -126,10 +126,11 @@ def _nan_constant(token: str) -> float:
                           error_code="INVALID_PARAMETER_VALUE")
 
 
-def _bounded_int(text: str) -> int:
-    if len(text) > 400:  # Python refuses beyond 4,300 digits; no float column holds 310+
-        raise InvocationError(f"integer with {len(text)} digits is out of range for a 64-bit float",
-                              error_code="INVALID_PARAMETER_VALUE")
+def _bounded_int(text: str) -> int | float:
+    """Python refuses ints beyond 4,300 digits; no float holds 310+: an infinity, refused by validation
+    naming the column and row."""
+    if len(text) > 400:
+        return -math.inf if text.startswith("-") else math.inf
     return int(text)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 
 import uvicorn
@@ -19,6 +20,7 @@ def serve(host: str | None = None, port: int | None = None) -> int:
     from inference_service.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    faulthandler.enable()  # a crash in native code (a driver, a library) leaves its stack in the log
     try:
         app = create_app(settings)  # fail fast on a bad spec or key setting before binding the port
     except GuardConfigError as exc:

@@ -257,6 +257,8 @@ class Runtime:
         model = self.model
         if model is None or model.scorer is None:
             return
+        if self.store_guard is not None and self.store_guard.file_problem():
+            return  # the store file is gone or replaced: read nothing from it (watch_store reports it)
         spec = self.spec.spec
         version = ft.get_version(self.engine, spec.name).version if spec.features.history else None
         current = self.online

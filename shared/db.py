@@ -25,11 +25,20 @@ def redact(url: str) -> str:
         return url
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, must_exist: bool = False, **kwargs: Any) -> Engine:
+    """``must_exist`` (SQLite): never create the file. A reader (the inference service) whose store file is
+    deleted while it runs must fail to connect, not open a new empty file beside the old ``-wal``/``-shm``
+    files (which SQLite would then apply to the wrong database)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if must_exist:
+                import sqlite3
+
+                target = path.resolve().as_uri().replace("file://", "file:", 1) + "?mode=rw"
+                kwargs["creator"] = lambda: sqlite3.connect(target, uri=True, timeout=30, check_same_thread=False)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _sqlite_transactions(engine)
         return engine
