@@ -25,6 +25,9 @@ class Settings(MlflowSettings):
                                           "the loopback names when listening on loopback, else any (with a warning)")
     max_concurrent_requests: int = Field(default=8, ge=1, le=10_000, description="FTI_MAX_CONCURRENT_REQUESTS: "
                                          "non-probe requests in flight at once; the next gets 503 + Retry-After")
+    max_concurrent_large_requests: int | None = Field(default=None, ge=1, le=10_000, description=
+                                                      "FTI_MAX_CONCURRENT_LARGE_REQUESTS: of those, requests with "
+                                                      "a body over 64 KiB (batches); default: the number of CPUs")
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, description="FTI_REQUEST_TIMEOUT_SECONDS: "
                                            "a request not answered in this time gets 504")
     max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024, description="FTI_MAX_HEADER_BYTES:"

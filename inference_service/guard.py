@@ -6,8 +6,10 @@
   (``predict``, ``read-predictions``, ``read-model``); a presented key is hashed and compared with
   every stored digest in constant time. Missing or unknown key: 401 with ``WWW-Authenticate``;
   a key without the route's scope: 403. Probes stay open. The key is never logged.
-* **Concurrency**: at most ``FTI_MAX_CONCURRENT_REQUESTS`` non-probe requests in flight; the next
-  one gets a 503 with ``Retry-After`` at once instead of queueing behind them (probes never wait).
+* **Concurrency**: at most ``FTI_MAX_CONCURRENT_REQUESTS`` non-probe requests in flight, of which at
+  most ``FTI_MAX_CONCURRENT_LARGE_REQUESTS`` with a body over 64 KiB (the batches that keep a core busy;
+  default: the number of CPUs). The next one gets a 503 with ``Retry-After`` at once instead of queueing
+  behind them, so probes and single records keep their share of the GIL.
 * **Deadline**: a request not answered within ``FTI_REQUEST_TIMEOUT_SECONDS`` gets 504.
 
 Every rejection is the service's JSON error shape; the request id header is added by
@@ -22,6 +24,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -93,6 +96,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LARGE_BODY_BYTES = 64 * 1024
+
+
+def is_large(scope: dict[str, Any]) -> bool:
+    """A body over 64 KiB, or one of unknown length (chunked): a batch, not a single record."""
+    if scope["method"] not in ("POST", "PUT", "PATCH"):
+        return False
+    length = _header(scope, b"content-length")
+    if length is None:
+        return True
+    return not length.isdigit() or int(length) > LARGE_BODY_BYTES
+
+
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for k, v in scope.get("headers", ()):
         if k == name:
@@ -122,14 +138,16 @@ async def send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: i
 
 class Guard:
     def __init__(self, *, keys: list[ApiKey], auth: bool, allowed_hosts: list[str], max_concurrent: int,
-                 timeout_seconds: float):
+                 timeout_seconds: float, max_concurrent_large: int | None = None):
         self.keys = keys
         self.auth = auth
         self.any_host = "*" in allowed_hosts
         self.allowed_hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
         self.max_concurrent = max_concurrent
+        self.max_large = max_concurrent_large if max_concurrent_large is not None else max_concurrent
         self.timeout = timeout_seconds
         self.in_flight = 0
+        self.large_in_flight = 0
         self.rejected_busy = 0
         self.timed_out = 0
         self.denied = 0
@@ -163,8 +181,9 @@ class Guard:
         if not auth:
             log.warning("API keys off (%s): every client on %s may call every endpoint",
                         "FTI_AUTH=off" if mode == "off" else "no key configured, loopback only", settings.host)
+        large = settings.max_concurrent_large_requests or max(1, len(os.sched_getaffinity(0)))
         return cls(keys=keys, auth=auth, allowed_hosts=hosts, max_concurrent=settings.max_concurrent_requests,
-                   timeout_seconds=settings.request_timeout_seconds)
+                   timeout_seconds=settings.request_timeout_seconds, max_concurrent_large=large)
 
     # ------------------------------------------------------------------ admission
 
@@ -224,6 +243,11 @@ class Guard:
             return _error(503, "overloaded", f"{self.in_flight} requests are in progress (the limit is "
                                              f"{self.max_concurrent}, FTI_MAX_CONCURRENT_REQUESTS); retry shortly",
                           {"Retry-After": "1"}, mlflow=mlflow)
+        if is_large(scope) and self.large_in_flight >= self.max_large:
+            self.rejected_busy += 1
+            return _error(503, "overloaded", f"{self.large_in_flight} large requests are in progress (the limit is "
+                                             f"{self.max_large}, FTI_MAX_CONCURRENT_LARGE_REQUESTS); retry shortly",
+                          {"Retry-After": "1"}, mlflow=mlflow)
         return None
 
     async def run(self, scope: dict[str, Any], call: Callable[[Callable[[dict[str, Any]], Awaitable[None]]],
@@ -241,7 +265,9 @@ class Guard:
                 started = True
             await send(message)
 
+        large = is_large(scope)
         self.in_flight += 1
+        self.large_in_flight += large
         t0 = time.perf_counter()
         try:
             await asyncio.wait_for(call(tracking_send), timeout=self.timeout)
@@ -255,9 +281,11 @@ class Guard:
                                               mlflow=scope["path"] == "/invocations"))
         finally:
             self.in_flight -= 1
+            self.large_in_flight -= large
 
     def status(self) -> dict[str, Any]:
         return {"auth": self.auth, "keys": len(self.keys), "allowed_hosts": "*" if self.any_host else
                 sorted(self.allowed_hosts), "max_concurrent_requests": self.max_concurrent,
-                "request_timeout_seconds": self.timeout, "in_flight": self.in_flight,
+                "max_concurrent_large_requests": self.max_large, "request_timeout_seconds": self.timeout,
+                "in_flight": self.in_flight, "large_in_flight": self.large_in_flight,
                 "rejected_busy": self.rejected_busy, "timed_out": self.timed_out, "denied": self.denied}

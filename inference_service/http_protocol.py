@@ -22,8 +22,10 @@ REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeout: float) -> type:
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        # "idle" (between messages), "head" (request line and headers), "body"; bytes count against the
+        # header limit only in the first two -- the rest of a body the app answered early is still body.
+        _phase = "idle"
         _head_bytes = 0
-        _in_head = True
         _discarding = False
         _timer: TimerHandle | None = None
 
@@ -35,9 +37,8 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
             self._cancel()
             super().connection_lost(exc)
 
-        # -- phases: waiting for a head, then for a body, then the app's response
         def _await_head(self) -> None:
-            self._in_head, self._head_bytes = True, 0
+            self._phase, self._head_bytes = "idle", 0
             self._arm(header_timeout, "the request line and headers did not arrive in time "
                                       "(FTI_HEADER_TIMEOUT_SECONDS)")
 
@@ -53,12 +54,12 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
         def _expire(self, why: str) -> None:
             self._timer = None
             cycle = self.cycle
-            if cycle is not None and cycle.response_started:
-                self.transport.close()  # the app is answering: only stop reading the rest
-                return
             if self.transport.is_closing():
                 return
-            if cycle is not None and not self._in_head:
+            if cycle is not None and cycle.response_started:
+                self.transport.close()  # answered already: only stop waiting for the rest
+                return
+            if cycle is not None and self._phase == "body":
                 cycle.disconnected = True  # the app's receive() sees a disconnect, not more body
                 cycle.message_event.set()
             self._reject(408, "request_timeout", why)
@@ -81,10 +82,11 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
         def data_received(self, data: bytes) -> None:
             if self._discarding:
                 return
-            if self._in_head:
+            if self._phase != "body":
+                self._phase = "head"
                 self._head_bytes += len(data)
                 if self._head_bytes > max_header_bytes:
-                    # the headers may already be complete in this very chunk: count only up to the blank line
+                    # the headers may end in this very chunk: count only up to the blank line
                     end = data.find(b"\r\n\r\n")
                     if end < 0 or self._head_bytes - len(data) + end > max_header_bytes:
                         self._cancel()
@@ -95,17 +97,21 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
             super().data_received(data)
 
         def on_headers_complete(self) -> None:
-            self._in_head = False
+            self._phase = "body"
             super().on_headers_complete()
             self._arm(body_timeout, "the request body did not arrive in time (FTI_BODY_TIMEOUT_SECONDS)")
 
         def on_message_complete(self) -> None:
             self._cancel()
             super().on_message_complete()
+            # a pipelined or next request starts counting from here (its bytes may be in the same chunk)
+            self._phase, self._head_bytes = "idle", 0
+            if self.cycle is not None and self.cycle.response_complete:
+                self._await_head()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
+            if not self.transport.is_closing() and self._phase == "idle":
                 self._await_head()  # a keep-alive connection: the next request has the same budget
 
     return GuardedHttpToolsProtocol

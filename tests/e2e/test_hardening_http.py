@@ -212,6 +212,11 @@ def test_beyond_the_concurrency_limit_a_503_comes_at_once_while_probes_answer(se
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded"
         inv = httpx.post(f"{server.url}/invocations", json={"inputs": []}, headers=SCORER, timeout=10)
         assert inv.status_code == 503 and inv.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        with httpx.Client(timeout=10) as keep_alive:  # a refused large body, then the same connection again
+            big = json.dumps({"records": store["records"][:1] * 900}).encode()
+            assert keep_alive.post(f"{server.url}/predict", content=big, headers={
+                **SCORER, "Content-Type": "application/json"}).status_code == 503
+            assert keep_alive.get(f"{server.url}/health/live").status_code == 200  # not 431: the rest was body
         assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
         print(f"\n503 beyond the limit in {busy_ms:.1f} ms")
         assert busy_ms < 2000  # answered at once, not after the held requests (3 s deadline)

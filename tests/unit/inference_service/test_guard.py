@@ -181,3 +181,18 @@ def test_a_request_past_its_deadline_gets_504_and_frees_its_slot() -> None:
     sent.clear()
     asyncio.run(guard.run(_scope(), quick, send))
     assert sent[0]["status"] == 200 and guard.in_flight == 0
+
+
+def test_large_bodies_have_their_own_smaller_limit() -> None:
+    guard = _guard(max_concurrent=8, max_concurrent_large=1)
+    small = {**_scope(), "headers": [(b"host", b"x"), (b"content-length", b"900")]}
+    large = {**_scope(), "headers": [(b"host", b"x"), (b"content-length", b"900000")]}
+    chunked = {**_scope(), "headers": [(b"host", b"x"), (b"transfer-encoding", b"chunked")]}
+    guard.large_in_flight = 1
+    guard.in_flight = 1
+    assert guard.admit(small) is None
+    for scope in (large, chunked):
+        status, body, _ = guard.admit(scope)  # type: ignore[misc]
+        assert status == 503 and b"FTI_MAX_CONCURRENT_LARGE_REQUESTS" in body
+    guard.large_in_flight = 0
+    assert guard.admit(large) is None
