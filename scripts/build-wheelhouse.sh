@@ -27,7 +27,7 @@ export_set() {  # name, extras...
 export_set features
 export_set training train
 export_set inference serve
-export_set mlflow train
+export_set mlflow registry
 cat "$req"/*.txt | grep -v '^\s*#' | sort -u > "$req/all.txt"
 
 echo "wheelhouse: collecting wheels into $wheels"

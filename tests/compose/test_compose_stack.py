@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
 SERVICES = ["postgres", "mlflow", "demo-data", "feature-pipeline", "training-pipeline", "inference"]
 JOBS = {"demo-data", "feature-pipeline", "training-pipeline"}
 SPEC = "/app/specs/claims.yaml"
+KEY = {"X-API-Key": "fti-local-key"}  # the documented local key (docker-compose.yml, README)
 
 
 class Stack:
@@ -143,7 +144,10 @@ rows = frame.set_index(spec.record_id, drop=False).loc[ids]
 late = set(late_arrival_rows(rows.reset_index(drop=True), frame, spec)[spec.record_id])
 norm, problems = normalize_records(records, spec)
 live = compute_online(norm, frame, spec)
-pipe = mlflow.sklearn.load_model("models:/{{}}/{version}".format(spec.model.name))
+from shared.model_file import load_model_dir
+import mlflow.artifacts
+pipe = load_model_dir(mlflow.artifacts.download_artifacts("models:/{{}}/{version}".format(spec.model.name)),
+                      memory_limit_mb=0)
 batch = pipe.predict_proba(rows[spec.model_features]).tolist()
 online = pipe.predict_proba(live[spec.model_features]).tolist()
 print(json.dumps({{rid: {{"batch": b, "live": o, "late": rid in late}} for rid, b, o in zip(ids, batch, online)}}))
@@ -157,7 +161,7 @@ def test_fresh_up_serves_correct_predictions_on_the_published_port(stack: Stack,
     ready = stack.ready()
     assert ready["model_version"] == "1"
     records = _records(stack, tmp_path, 250, 20)
-    r = httpx.post(f"{stack.url}/predict", json={"records": records}, timeout=60)
+    r = httpx.post(f"{stack.url}/predict", json={"records": records}, headers=KEY, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
     expected = _expected_in_container(stack, "1", records)
@@ -195,8 +199,49 @@ def test_only_inference_is_published_all_have_healthchecks_and_run_non_root(stac
             assert uid != 0, f"{service} runs as root"
 
 
+def test_the_api_needs_its_key_and_the_registry_refuses_anonymous_and_inference_writes(stack: Stack):
+    assert httpx.post(f"{stack.url}/predict", json={"records": []}, timeout=30).status_code == 401
+    assert httpx.get(f"{stack.url}/model", timeout=30).status_code == 401
+    script = """
+import json, os
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "allowed"
+    except MlflowException as exc:  # the auth app answers in plain text: the status is in the message
+        text = str(exc)
+        code = next((c for c in ("401", "403") if f"error code {c}" in text or f" {c} " in text), "other")
+        out[name] = f"{code} {text[:160]}"
+    except Exception as exc:
+        out[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+reader = MlflowClient()
+attempt("inference_reads", lambda: reader.get_model_version_by_alias("claims-fraud", "champion"))
+attempt("inference_moves_alias", lambda: reader.set_registered_model_alias("claims-fraud", "champion", "1"))
+attempt("inference_tags_version", lambda: reader.set_model_version_tag("claims-fraud", "1", "fti.validated", "x"))
+attempt("inference_registers_version", lambda: reader.create_model_version("claims-fraud", "mlflow-artifacts:/x"))
+for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    os.environ.pop(var)
+anonymous = MlflowClient()
+attempt("anonymous_registers", lambda: anonymous.create_registered_model("intruder"))
+attempt("anonymous_reads", lambda: anonymous.get_model_version_by_alias("claims-fraud", "champion"))
+print(json.dumps(out))
+"""
+    out = json.loads(stack.compose("exec", "-T", "inference", "python3", "-c", script, timeout=300
+                                   ).stdout.strip().splitlines()[-1])
+    assert out["inference_reads"] == "allowed", out
+    for name in ("inference_moves_alias", "inference_tags_version", "inference_registers_version"):
+        assert out[name].startswith("403"), out
+    for name in ("anonymous_registers", "anonymous_reads"):
+        assert out[name].startswith("401"), out
+    env = stack.compose("exec", "-T", "inference", "env", timeout=60).stdout
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false" in env
+
+
 def test_parity_certificate_from_the_training_container_passes_in_inference(stack: Stack):
-    model = httpx.get(f"{stack.url}/model", timeout=30).json()
+    model = httpx.get(f"{stack.url}/model", headers=KEY, timeout=30).json()
     cert = model["certificate"]
     cov = cert["coverage"]
     assert cert["passed"] is True and cov["sampled"] == 64 and cov["late_arrivals"] > 0 and cov["constructed"] > 30
@@ -219,7 +264,7 @@ def test_new_data_and_training_move_champion_with_zero_failed_requests(stack: St
         with httpx.Client(timeout=30) as http:
             while not stop.is_set():
                 try:
-                    r = http.post(f"{stack.url}/predict", json={"records": [record]})
+                    r = http.post(f"{stack.url}/predict", json={"records": [record]}, headers=KEY)
                     seen.append((r.status_code, r.headers.get("x-model-version")))
                 except httpx.HTTPError as exc:
                     seen.append((0, repr(exc)))
