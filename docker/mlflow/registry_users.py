@@ -1,3 +1,4 @@
+# ruff: noqa: T201 - a one-shot job: its prints are its log
 """Create (or update the password of) the registry users fti's services log in as; run once per `up`.
 
 Users come from the environment: FTI_REGISTRY_USERS="name:password,name:password". The admin account
@@ -19,10 +20,10 @@ import urllib.request
 URL = os.environ.get("MLFLOW_TRACKING_URI", "http://mlflow:5000").rstrip("/")
 
 
-def call(method: str, path: str, body: dict[str, str]) -> tuple[int, str]:
+def call(method: str, path: str, body: dict[str, str] | None) -> tuple[int, str]:
     token = base64.b64encode(f"{os.environ['MLFLOW_AUTH_ADMIN_USERNAME']}:"
                              f"{os.environ['MLFLOW_AUTH_ADMIN_PASSWORD']}".encode()).decode()
-    req = urllib.request.Request(f"{URL}{path}", data=json.dumps(body).encode(), method=method,
+    req = urllib.request.Request(f"{URL}{path}", data=None if body is None else json.dumps(body).encode(), method=method,
                                  headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -36,8 +37,8 @@ def main() -> int:
     if not users:
         print("registry-users: FTI_REGISTRY_USERS is empty; nothing to do", file=sys.stderr)
         return 2
-    for attempt in range(60):  # the server may still be starting
-        status, _ = call("GET", "/api/2.0/mlflow/users/get?username=" + os.environ["MLFLOW_AUTH_ADMIN_USERNAME"], {})
+    for _attempt in range(60):  # the server may still be starting
+        status, _ = call("GET", "/api/2.0/mlflow/users/get?username=" + os.environ["MLFLOW_AUTH_ADMIN_USERNAME"], None)
         if status == 200:
             break
         time.sleep(2)
