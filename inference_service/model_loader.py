@@ -169,6 +169,7 @@ class MlflowLoader:
         if certificate is None:
             raise ModelLoadError(f"{name} version {version} has no parity certificate "
                                  f"({CERTIFICATE_FILE}); retrain it with this fti version")
+        check_certificate_binding(name, version, certificate, tags)
         pipeline = load_skops_model(model_dir, tags.get(Tag.ARTIFACT_SHA256), self.memory_limit_mb)
         features = model_input_columns(pipeline)
         check_contract(spec, name, version, tags, features)
@@ -261,6 +262,20 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
     data = json.loads(path.read_text())
     return data if isinstance(data, dict) else None
+
+
+def check_certificate_binding(name: str, version: str, certificate: dict[str, Any], tags: dict[str, str]) -> None:
+    """The certificate must describe the features this version was trained on (the registry's tags): a
+    certificate copied from another version would certify the wrong thing."""
+    recorded = tags.get(Tag.FEATURE_CHECKSUM)
+    if recorded and certificate.get("feature_checksum") != recorded:
+        raise ModelLoadError(f"{name} version {version}: its parity certificate was made on other features "
+                             f"(checksum {str(certificate.get('feature_checksum'))[:12]}) than the version was "
+                             f"trained on ({recorded[:12]}): the artifacts were mixed up; retrain it")
+    recorded_version = tags.get(Tag.FEATURE_VERSION)
+    if recorded_version and str(certificate.get("feature_version")) != recorded_version:
+        raise ModelLoadError(f"{name} version {version}: its parity certificate names feature version "
+                             f"{certificate.get('feature_version')}, the version was trained on {recorded_version}")
 
 
 def check_contract(spec: DatasetSpec, name: str, version: str, tags: dict[str, str], features: list[str]) -> None:
