@@ -90,8 +90,9 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                 await asyncio.to_thread(writer.close, 15.0)
             engine.dispose()
 
+    # No FastAPI max_body_size: its 413 is plain text from outside every middleware (no request id). The
+    # guard refuses a declared length over FTI_MAX_BODY_BYTES; the scoring lanes count the bytes they read.
     app = FastAPI(title=f"fti inference: {spec.name}", version="0.1.0", lifespan=lifespan,
-                  max_body_size=settings.max_body_bytes,
                   description=f"Scores raw {spec.name} records with the `{spec.model.name}@{settings.model_alias}` "
                               "model. Features are computed by the same `shared` code as the feature pipeline; "
                               "history features are read from the feature table as of each record's event time.")

@@ -138,7 +138,7 @@ async def send_json(send: Callable[[dict[str, Any]], Awaitable[None]], status: i
 
 class Guard:
     def __init__(self, *, keys: list[ApiKey], auth: bool, allowed_hosts: list[str], max_concurrent: int,
-                 timeout_seconds: float, max_concurrent_large: int | None = None):
+                 timeout_seconds: float, max_concurrent_large: int | None = None, max_body_bytes: int | None = None):
         self.keys = keys
         self.auth = auth
         self.any_host = "*" in allowed_hosts
@@ -146,6 +146,7 @@ class Guard:
         self.max_concurrent = max_concurrent
         self.max_large = max_concurrent_large if max_concurrent_large is not None else max_concurrent
         self.timeout = timeout_seconds
+        self.max_body = max_body_bytes
         self.in_flight = 0
         self.large_in_flight = 0
         self.rejected_busy = 0
@@ -183,7 +184,8 @@ class Guard:
                         "FTI_AUTH=off" if mode == "off" else "no key configured, loopback only", settings.host)
         large = settings.max_concurrent_large_requests or max(1, len(os.sched_getaffinity(0)))
         return cls(keys=keys, auth=auth, allowed_hosts=hosts, max_concurrent=settings.max_concurrent_requests,
-                   timeout_seconds=settings.request_timeout_seconds, max_concurrent_large=large)
+                   timeout_seconds=settings.request_timeout_seconds, max_concurrent_large=large,
+                   max_body_bytes=settings.max_body_bytes)
 
     # ------------------------------------------------------------------ admission
 
@@ -238,6 +240,11 @@ class Guard:
             if rejection is not None:
                 self.denied += 1
                 return rejection
+        if self.max_body is not None:  # a declared length over the limit: refused before a byte is read
+            length = _header(scope, b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                return _error(413, "payload_too_large", f"the body is {int(length)} bytes; the limit is "
+                                                        f"{self.max_body} (FTI_MAX_BODY_BYTES)", mlflow=mlflow)
         if self.in_flight >= self.max_concurrent:
             self.rejected_busy += 1
             return _error(503, "overloaded", f"{self.in_flight} requests are in progress (the limit is "

@@ -196,3 +196,30 @@ def test_large_bodies_have_their_own_smaller_limit() -> None:
         assert status == 503 and b"FTI_MAX_CONCURRENT_LARGE_REQUESTS" in body
     guard.large_in_flight = 0
     assert guard.admit(large) is None
+
+
+def test_every_4xx_is_json_with_a_request_id(tmp_path: Path) -> None:
+    from inference_service.app import create_app
+
+    app = create_app(_settings(tmp_path, allowed_hosts="testserver", max_body_bytes=4096))
+    big = b'{"records": [' + b'{"a": 1},' * 1000 + b'{"a": 1}]}'
+
+    def chunks() -> Any:
+        for i in range(0, len(big), 1000):
+            yield big[i:i + 1000]
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        cases = [
+            c.post("/predict", content=big, headers={"Content-Type": "application/json"}),  # declared length
+            c.post("/predict", content=chunks(), headers={"Content-Type": "application/json"}),  # chunked
+            c.post("/invocations", content=chunks(), headers={"Content-Type": "application/json"}),
+            c.put("/model", content=big),
+            c.get("/no/such/path"),
+            c.put("/predict", json={}),
+            c.get("/model", headers={"Host": "evil.example"}),
+        ]
+    for r in cases:
+        assert 400 <= r.status_code < 500, (r.request.method, r.request.url, r.status_code)
+        assert r.headers["content-type"].startswith("application/json"), (r.request.url, r.text[:100])
+        assert r.headers.get("x-request-id"), r.request.url
+    assert [r.status_code for r in cases[:4]] == [413, 413, 413, 413]
