@@ -23,7 +23,7 @@ class Settings(MlflowSettings):
     allowed_hosts: str | None = Field(default=None, description="FTI_ALLOWED_HOSTS: "
                                           "comma-separated Host names the service answers to (* for any); default "
                                           "the loopback names when listening on loopback, else any (with a warning)")
-    max_concurrent_requests: int = Field(default=8, ge=1, le=10_000, description="FTI_MAX_CONCURRENT_REQUESTS: "
+    max_concurrent_requests: int = Field(default=64, ge=1, le=10_000, description="FTI_MAX_CONCURRENT_REQUESTS: "
                                          "non-probe requests in flight at once; the next gets 503 + Retry-After")
     max_concurrent_large_requests: int | None = Field(default=None, ge=1, le=10_000, description=
                                                       "FTI_MAX_CONCURRENT_LARGE_REQUESTS: of those, requests with "

@@ -186,7 +186,14 @@ def test_a_request_past_its_deadline_gets_504_and_the_next_one_succeeds(server: 
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(head + body[:5])  # the rest never comes: the app waits for it past the deadline
-        status, headers, answer = _parse(sock.recv(65536))
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < int(
+                _parse(data)[1].get("content-length", "0") or 0):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        status, headers, answer = _parse(data)
     elapsed = time.monotonic() - t0
     assert status == 504 and json.loads(answer)["error"]["code"] == "timeout" and headers["x-request-id"]
     assert 2.5 < elapsed < 3.5 + 5, elapsed  # the 3 s deadline (FTI_REQUEST_TIMEOUT_SECONDS)
@@ -347,7 +354,8 @@ def test_the_store_file_replaced_or_deleted_is_detected_and_no_log_row_is_miscou
         accepted = statuses.count(200)
         assert plog["written"] == before["written"], plog  # nothing counted into the old file
         assert plog["submitted"] == before["submitted"] + accepted and plog["pending"] == accepted, plog
-        assert plog["last_error"] and any(w in plog["last_error"] for w in said), plog
+        if accepted:  # rows were accepted after the change: the writer tried, and said why it would not
+            assert plog["last_error"] and any(w in plog["last_error"] for w in said), plog
     finally:
         srv.stop()
     out = (s["root"] / f"file-{how}.log").read_text()
