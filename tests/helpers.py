@@ -181,3 +181,23 @@ def copy_store(store: dict[str, Any], target: Path) -> dict[str, Any]:
     env = fti_env(data, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     return {**store, "root": target, "spec": spec, "data": data, "env": env,
             "uri": f"sqlite:///{data / 'mlflow.db'}"}
+
+
+class mlflow_uris_restored:  # noqa: N801 - used as a context manager
+    """Undo ``mlflow.set_tracking_uri``/``set_registry_uri`` (module globals mirrored into os.environ) on
+    exit: module-scoped fixtures run outside the per-test reset of ``tests/conftest.py``."""
+
+    def __enter__(self) -> None:
+        self.saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+    def __exit__(self, *exc: object) -> None:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -15,7 +15,6 @@ training's gate (the champion it compares with).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from sqlalchemy import insert, select
 from shared.db import make_engine
 from shared.prediction_table import predictions
 from shared.registry_contract import Tag
-from tests.helpers import Server, copy_store, raw_json_records, run_fti
+from tests.helpers import Server, copy_store, mlflow_uris_restored, raw_json_records, run_fti
 from tests.malicious_models import CATALOGUE, write_model_dir
 
 pytestmark = [pytest.mark.e2e]
@@ -77,26 +76,14 @@ def store(claims_store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
     uri = s["uri"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     genuine = client.get_model_version(NAME, "1")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     markers = root / "markers"
     markers.mkdir()
     versions = {}
-    try:
-        genuine_dir = MlflowLoader(uri, uri, root / "attacker-cache").fetch(NAME, "1")  # sets mlflow globals
+    with mlflow_uris_restored():  # the loader and mlflow.register set mlflow's global URIs
+        genuine_dir = MlflowLoader(uri, uri, root / "attacker-cache").fetch(NAME, "1")
         for crafted in CATALOGUE:
             versions[crafted.name] = _register(uri, genuine_dir, crafted, markers / crafted.name,
                                                dict(genuine.tags), root / "crafted")
-    finally:  # mlflow.set_*_uri write module globals and os.environ: leave nothing for later modules
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        tracking_utils._tracking_uri = None
-        registry_utils._registry_uri = None
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     records = raw_json_records(s["spec"].parent / "raw" / "claims.csv", s["spec"])[:20]
     return {**s, "root": root, "versions": versions, "markers": markers, "records": records}
 

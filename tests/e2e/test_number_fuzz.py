@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from shared.raw import normalize_frame
 from shared.spec import load_spec
-from tests.helpers import copy_store, raw_json_records
+from tests.helpers import copy_store, mlflow_uris_restored, raw_json_records
 
 pytestmark = [pytest.mark.e2e]
 
@@ -65,16 +65,14 @@ CELL = st.one_of(json_number(), _unicode_digits, _mixed_digits,
 
 @pytest.fixture(scope="module")
 def app_client(claims_store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import os
 
     from inference_service.app import create_app
     from inference_service.config import Settings
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     s = copy_store(claims_store, tmp_path_factory.mktemp("fuzz") / "store")
     app = create_app(Settings(spec=s["spec"], data_dir=s["data"], prediction_log=False, reload_interval_seconds=0,
                               allowed_hosts="testserver", max_concurrent_requests=1000))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with mlflow_uris_restored(), TestClient(app, raise_server_exceptions=False) as client:
         deadline = time.monotonic() + 120
         while client.get("/health/ready").status_code != 200:
             assert time.monotonic() < deadline, client.get("/health/ready").text
@@ -86,17 +84,6 @@ def app_client(claims_store: dict[str, Any], tmp_path_factory: pytest.TempPathFa
                "numeric_features": [f for f in spec.model_features if spec.feature_kind(f) == "numeric"]}
     total = sum(SEEN.values())
     print(f"\ngenerated cases: {SEEN} = {total}")
-    # the in-process loader set mlflow's global URIs (and os.environ): leave nothing for later modules
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    tracking_utils._tracking_uri = None
-    registry_utils._registry_uri = None
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _names_field(body: dict[str, Any], field: str) -> bool:
