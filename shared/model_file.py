@@ -122,10 +122,18 @@ class ModelFileTampered(ModelFileRefused):
 # ---------------------------------------------------------------------------- digest
 
 
+# Written by MLflow into every download of a registered version (its name and version number), not
+# logged with the model: a copy of a version registered under another number is the same model.
+_DOWNLOAD_METADATA = frozenset({"registered_model_meta"})
+
+
 def _digest_files(model_dir: Path) -> Iterator[Path]:
     for path in sorted(model_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            yield path
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.parent == model_dir and path.name in _DOWNLOAD_METADATA:
+            continue
+        yield path
 
 
 def artifact_digest(model_dir: str | os.PathLike[str]) -> str:

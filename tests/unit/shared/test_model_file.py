@@ -146,11 +146,18 @@ def test_a_changed_file_is_refused_as_tampered_and_names_the_digests(tmp_path, g
     assert artifact_digest(folder) != digest
 
 
-def test_the_digest_ignores_nothing_but_dot_files(tmp_path, genuine):
+def test_the_digest_ignores_only_dot_files_and_the_download_metadata(tmp_path, genuine):
+    """MLflow writes registered_model_meta (name, version number) into each download: a copy of a
+    version registered under another number has the same digest; anything else counts."""
     folder = _model_dir(tmp_path / "m", genuine[0])
     digest = artifact_digest(folder)
     (folder / ".lock").write_text("x")
     assert artifact_digest(folder) == digest
+    (folder / "registered_model_meta").write_text("model_name: m\nmodel_version: '2'\n")
+    assert artifact_digest(folder) == digest
+    (folder / "extra_files" / "registered_model_meta").write_text("x")
+    assert artifact_digest(folder) != digest
+    (folder / "extra_files" / "registered_model_meta").unlink()
     (folder / "extra").write_text("x")
     assert artifact_digest(folder) != digest
 
