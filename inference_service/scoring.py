@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SAMPLE_ROWS = 512
 SINGLE_ROW_CHECKS = 24  # rows also checked one at a time (each against the pipeline on that row alone)
 CHUNK_CHECKS = 4  # small batches checked (each against the pipeline on the same rows)
+SCORE_CHUNK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,18 @@ class Scorer:
         return rowwise.predict_proba(self.pipeline, X[self.features])
 
     def predict_columns(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
-        """Canonical columns: numeric -> float64 arrays (NaN missing); categorical -> object arrays."""
+        """Canonical columns: numeric -> float64 arrays (NaN missing); categorical -> object arrays.
+
+        Large batches are scored ``SCORE_CHUNK_ROWS`` rows at a time: every answer is the row's own
+        (``rowwise``), so the result is the same, and no single numpy or pandas call holds the GIL
+        long enough to stall the event loop (``/health/live`` behind a 10,000-row request)."""
+        if n > SCORE_CHUNK_ROWS:
+            return np.vstack([self._predict_columns({k: v[i:i + SCORE_CHUNK_ROWS] for k, v in columns.items()},
+                                                    min(SCORE_CHUNK_ROWS, n - i))
+                              for i in range(0, n, SCORE_CHUNK_ROWS)])
+        return self._predict_columns(columns, n)
+
+    def _predict_columns(self, columns: dict[str, np.ndarray], n: int) -> np.ndarray:
         if self.fast is not None:
             return self.fast.predict_proba(columns, n)
         frame = pd.DataFrame({name: columns[name] for name in self.features})

@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from inference_service import body as body_codec
 from inference_service import invocations as inv
 from inference_service import scoring
+from inference_service.json_out import encode_last_list
 from inference_service.observability import Observability, note
 from inference_service.runtime import Runtime
 
@@ -113,7 +114,8 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
     headers = {"X-Model-Name": model.name, "X-Model-Version": model.version}
     try:
         mime = inv.check_content_type(content_type)
-        if len(raw) <= INLINE_MAX_BYTES:
+        # Parquet always goes to a thread: a few KB of it can decompress to far more work than its size says
+        if len(raw) <= INLINE_MAX_BYTES and mime != "application/vnd.apache.parquet":
             n, canonical = _decode(mime, raw, signature, max_rows)
         else:  # off the event loop: a large body never holds up the probes
             n, canonical = await run_in_threadpool(_decode, mime, raw, signature, max_rows)
@@ -122,16 +124,23 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
             {"error": exc.error_code, "model_name": model.name}
     try:
         if n <= INLINE_MAX_ROWS:
-            proba = scoring.predict_columns(model, canonical, n)
-        else:
-            proba = await run_in_threadpool(scoring.predict_columns, model, canonical, n)
+            proba, body = _score_encoded(model, canonical, n)
+        else:  # scoring and the response's JSON both off the event loop
+            proba, body = await run_in_threadpool(_score_encoded, model, canonical, n)
     except ValueError as exc:  # e.g. values that overflow to infinity once scaled (LogisticRegression)
         log.warning("model refused the input (request %s): %s", request_id, str(exc)[:300])
         return 400, _error_body("INVALID_PARAMETER_VALUE", "the model cannot score these rows: "
                                 f"{str(exc).splitlines()[0][:200]}"), headers, \
             {"error": "model_refused_input", "model_name": model.name}
     obs.scored("/invocations", model.version, proba)
-    return 200, _DUMPS({"predictions": proba.tolist()}).encode(), headers, {"model_name": model.name, "rows": n}
+    return 200, body, headers, {"model_name": model.name, "rows": n}
+
+
+def _score_encoded(model: Any, canonical: dict[str, Any], n: int) -> tuple[Any, bytes]:
+    proba = scoring.predict_columns(model, canonical, n)
+    body = encode_last_list(_DUMPS, {"predictions": proba.tolist()}, "predictions", item_separator=", ",
+                            key_separator=": ")
+    return proba, body.encode()
 
 
 class FastLane:
