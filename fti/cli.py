@@ -1,9 +1,13 @@
 """The ``fti`` command: a thin dispatcher over the three services.
 
 Each sub-command imports only the service it runs, so the inference image
-(which has no training dependencies) can still run ``fti serve``. Errors a user
-can fix are printed as one message with what to do next, exit code 2; an
-internal error keeps its traceback.
+(which has no training dependencies) can still run ``fti serve``. Exit codes
+(``shared.exit_codes``): 0 done, 1 a check answered "no" (``reproduce`` DIFFERENT,
+``features show --verify``, ``lineage`` not recomputed), 2 a usage error, 3 an error
+the user fixes (spec, data, settings, a database or registry, a missing version:
+one message saying what to do next), 70 an internal error (with its traceback),
+130 interrupted. Before any command runs, BLAS/OpenMP threads are limited
+(``fti.threads``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,36 @@ import logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from shared.exit_codes import ExitCode
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    from shared import __version__ as shared_version
+
+    try:
+        dist = metadata.version("fti")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        dist = "unknown"
+    return f"fti {dist} (shared {shared_version}, python {sys.version.split()[0]})"
+
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.utils.uv_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -89,7 +117,7 @@ def cmd_features_show(args: argparse.Namespace) -> int:
         checksum, rows = ft.stored_checksum(engine, spec.name, info.version)
         out["verified"] = checksum == info.checksum and rows == info.row_count
     _print(out)
-    return 0 if out.get("verified", True) else 1
+    return ExitCode.OK if out.get("verified", True) else ExitCode.CHECK_FAILED
 
 
 def cmd_features_migrate(args: argparse.Namespace) -> int:
@@ -121,9 +149,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from shared import model_ref
     from training_pipeline.config import Settings
     from training_pipeline.reproduce import reproduce
 
+    model_ref.parse(args.model)  # a malformed MODEL is a usage error (2), before any store is opened
     report = reproduce(args.model, Settings(), spec_path=args.spec, register=args.register)
     if args.json:
         _print(report.as_dict())
@@ -142,7 +172,7 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     if unknown or not scopes or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.id):
         print(f"fti: error: --id must be 1-64 of A-Z a-z 0-9 _ . - and --scopes among {', '.join(SCOPES)}"
               + (f" (unknown: {', '.join(unknown)})" if unknown else ""), file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     key = secrets.token_urlsafe(32)
     entry = f"{args.id}:{hash_key(key)}:{'+'.join(scopes)}"
     if args.json:
@@ -167,13 +197,16 @@ def _progress(line: str) -> None:
 
 def cmd_predict_batch(args: argparse.Namespace) -> int:
     from inference_service.batch import BatchError, BatchSettings, ModelLoadError, run
+    from shared import model_ref
 
+    if args.model:
+        model_ref.parse(args.model, what="--model")  # a malformed MODEL is a usage error (2)
     try:
         result = run(_spec(args.spec), BatchSettings(), feature_version=args.feature_version, model=args.model,
                      replace=args.replace, progress=_progress)
     except (BatchError, ModelLoadError) as exc:
         print(f"fti: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     if args.json:
         _print(result.as_dict())
     else:
@@ -199,14 +232,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                     do_recompute=not args.no_recompute, spec_origin="--spec" if args.spec else "FTI_SPEC")
     except PredictionNotFound as exc:
         print(f"fti: error: {exc} (is FTI_DATABASE_URL the inference service's store?)", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     finally:
         engine.dispose()
     if args.json:
         _print(out)
     else:
         _print_lineage(out)
-    return 0 if args.no_recompute or out["recomputed"] else 1
+    return ExitCode.OK if args.no_recompute or out["recomputed"] else ExitCode.CHECK_FAILED
 
 
 def _print_lineage(out: dict[str, Any]) -> None:
@@ -242,37 +275,41 @@ def _print_lineage(out: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fti", description="Feature / training / inference pipelines with proven parity")
-    p.add_argument("--log-level", default=os.environ.get("FTI_LOG_LEVEL", "INFO"))
+    p = argparse.ArgumentParser(prog="fti", description="Feature / training / inference pipelines with proven parity",
+                                epilog="exit codes: 0 done, 1 a check answered no, 2 usage, 3 an error to fix "
+                                       "(spec, data, settings, services), 70 internal error, 130 interrupted")
+    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--log-level", type=_log_level, default=os.environ.get("FTI_LOG_LEVEL") or "INFO",
+                   help=f"one of {', '.join(LOG_LEVELS)} (default: $FTI_LOG_LEVEL, else INFO)")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="demo data").add_subparsers(dest="action", required=True)
     g = data.add_parser("generate", help="write the seeded demo claims source where the spec points")
-    g.add_argument("--spec", required=True)
-    g.add_argument("--policyholders", type=int, default=4000)
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
+    g.add_argument("--policyholders", type=int, default=4000, help="how many policyholders (default: 4000)")
+    g.add_argument("--seed", type=int, default=42, help="random seed: the same seed writes the same file")
     g.set_defaults(func=cmd_data_generate)
 
     feats = sub.add_parser("features", help="the feature pipeline").add_subparsers(dest="action", required=True)
     r = feats.add_parser("run", help="validate the source and publish a new immutable feature version")
-    r.add_argument("--spec", required=True)
+    r.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
     r.add_argument("--as-of", help="cutoff (ISO 8601): only rows that happened and arrived by then")
     r.add_argument("--strict", action="store_true", help="fail on source columns the spec does not declare")
     r.set_defaults(func=cmd_features_run)
     ls = feats.add_parser("list", help="list feature versions")
-    ls.add_argument("--spec", required=True)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
+    ls.add_argument("--json", action="store_true", help="print the versions as JSON")
     ls.set_defaults(func=cmd_features_list)
     sh = feats.add_parser("show", help="show one version's manifest")
     sh.add_argument("version", type=int, nargs="?", help="default: the latest")
-    sh.add_argument("--spec", required=True)
+    sh.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
     sh.add_argument("--verify", action="store_true", help="recompute the checksum from the stored rows")
     sh.set_defaults(func=cmd_features_show)
     mg = feats.add_parser("migrate", help="create or upgrade the feature-store schema")
     mg.set_defaults(func=cmd_features_migrate)
 
     t = sub.add_parser("train", help="the training pipeline")
-    t.add_argument("--spec", required=True)
+    t.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
     t.add_argument("--feature-version", type=int, help="default: the latest committed version")
     t.add_argument("--promote", choices=["auto", "always", "never"], default="auto",
                    help="auto: move the alias only if at least as good as the champion")
@@ -281,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     rp = sub.add_parser("reproduce", help="retrain a registered model from its lineage and compare (exit 0 "
-                                          "IDENTICAL, 1 DIFFERENT, 2 cannot)")
+                                          "IDENTICAL, 1 DIFFERENT, 3 cannot: what is missing is said)")
     rp.add_argument("model", metavar="MODEL", help="NAME/VERSION, NAME@ALIAS, models:/NAME/VERSION or "
                                                    "models:/NAME@ALIAS, e.g. claims-fraud/3")
     rp.add_argument("--spec", help="reproduce with this spec instead of the one logged with the run ('what if')")
@@ -291,14 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("serve", help="the inference service (REST API)")
-    s.add_argument("--spec", help="default: $FTI_SPEC")
-    s.add_argument("--host", default=None)
-    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--spec", help="the dataset spec (YAML); default: $FTI_SPEC")
+    s.add_argument("--host", default=None, help="address to listen on (default: $FTI_HOST, else 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port to listen on (default: $FTI_PORT, else 8000)")
     s.set_defaults(func=cmd_serve)
 
     pb = sub.add_parser("predict-batch", help="score a whole feature version into fti_batch_predictions "
                                               "(one transaction; a rerun reports the existing batch)")
-    pb.add_argument("--spec", required=True)
+    pb.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
     pb.add_argument("--feature-version", type=int, help="default: the latest committed version")
     pb.add_argument("--model", metavar="MODEL",
                     help="NAME/VERSION, NAME@ALIAS or their models:/ forms; default: <spec model.name>@"
@@ -315,13 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     kn.add_argument("--id", required=True, help="a name for the key, shown in 403 messages and logs")
     kn.add_argument("--scopes", default="predict", help="comma-separated: predict, read-predictions, read-model "
                                                         "(default: predict)")
-    kn.add_argument("--json", action="store_true")
+    kn.add_argument("--json", action="store_true", help="print the key and its entry as JSON")
     kn.set_defaults(func=cmd_keys_new)
 
     lin = sub.add_parser("lineage", help="a logged prediction's lineage chain, recomputed")
-    lin.add_argument("prediction_id")
+    lin.add_argument("prediction_id", help="the prediction_id /predict returned")
     lin.add_argument("--spec", help="spec to recompute with (default: $FTI_SPEC, else the training run's copy)")
-    lin.add_argument("--json", action="store_true")
+    lin.add_argument("--json", action="store_true", help="print the chain as JSON")
     lin.add_argument("--no-recompute", action="store_true", help="only the chain; do not load the model")
     lin.set_defaults(func=cmd_lineage)
     return p
@@ -330,18 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
+    from fti.threads import ThreadSettingError, apply
     from shared.errors import user_error_message
 
     try:
+        apply()  # before any command imports numpy
+    except ThreadSettingError as exc:
+        print(f"fti: error: {exc}", file=sys.stderr)
+        return ExitCode.USER_ERROR
+    try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - user errors get one clear line, others a traceback
+        from shared.model_ref import ModelRefError
+
+        if isinstance(exc, ModelRefError):  # a malformed MODEL argument is a usage error
+            print(f"fti: error: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
         message = user_error_message(exc)
         if message is None:
-            raise
+            traceback.print_exc()
+            print(f"fti: internal error ({type(exc).__name__}); the traceback above is for a bug report",
+                  file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
         print(f"fti: error: {message}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

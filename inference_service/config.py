@@ -36,10 +36,10 @@ class Settings(MlflowSettings):
                                           "time to send a request's headers (slow clients are closed with 408)")
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, description="FTI_BODY_TIMEOUT_SECONDS: time "
                                         "to send a request's body once its headers are in")
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535, description="the port to listen on")
     model_name: str | None = Field(default=None, description="default: the spec's model.name")
-    model_alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-    max_batch_rows: int = Field(default=1000, ge=1, le=100_000)
+    max_batch_rows: int = Field(default=1000, ge=1, le=100_000, description="records per POST /predict request "
+                                "(413 above)")
     max_invocation_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="FTI_MAX_INVOCATION_ROWS: "
                                      "rows per POST /invocations request (413 above)")
     log_format: str = Field(default="json", pattern="^(json|text)$", description="FTI_LOG_FORMAT: json (one "
@@ -48,7 +48,8 @@ class Settings(MlflowSettings):
                              "endpoint, status, duration, model version, rows, prediction ids)")
     log_request_bodies: bool = Field(default=False, description="FTI_LOG_REQUEST_BODIES: add the first 4 KiB "
                                      "of each request body to its access-log line (off: bodies hold client data)")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="request body limit in bytes (413 "
+                                "above)")
     load_retry_seconds: float = Field(default=1.0, gt=0, description="FTI_LOAD_RETRY_SECONDS: first wait before "
                                       "another load or alias-confirmation attempt; doubles up to "
                                       "FTI_LOAD_RETRY_MAX_SECONDS, with jitter")

@@ -295,6 +295,13 @@ def _info(row: Any) -> VersionInfo:
 
 
 def list_versions(engine: Engine, dataset: str) -> list[VersionInfo]:
+    """The dataset's versions, oldest first; none in a store without fti tables yet (nothing published)."""
+    try:
+        empty = schema_revision(engine) is None
+    except Exception:  # noqa: BLE001 - unreachable: check_schema says so in the user's terms
+        empty = False
+    if empty:
+        return []
     check_schema(engine)
     with engine.connect() as conn:
         rows = conn.execute(select(feature_versions).where(feature_versions.c.dataset == dataset)

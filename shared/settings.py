@@ -17,9 +17,12 @@ from sqlalchemy.engine import make_url
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FTI_", extra="ignore")
 
-    data_dir: Path = Field(default=Path("data"), description="Folder for the embedded stores")
-    database_url: str | None = Field(default=None, description="Feature store SQLAlchemy URL")
-    log_level: str = "INFO"
+    data_dir: Path = Field(default=Path("data"), description="folder for the embedded stores and the model cache")
+    database_url: str | None = Field(default=None, description="the feature store (any SQLAlchemy URL; "
+                                     "PostgreSQL: postgresql+psycopg://...); default sqlite:///<FTI_DATA_DIR>/"
+                                     "features.db")
+    log_level: str = Field(default="INFO", pattern="^(?i:debug|info|warning|error|critical)$",
+                           description="DEBUG, INFO, WARNING, ERROR or CRITICAL (the CLI's --log-level default)")
     model_load_memory_mb: int = Field(default=2048, ge=0, le=1_048_576, description="FTI_MODEL_LOAD_MEMORY_MB: "
                                       "every model from the registry is first built in a child process under "
                                       "this address-space limit (0: skip that rehearsal)")
@@ -50,8 +53,24 @@ class CommonSettings(BaseSettings):
 class MlflowSettings(CommonSettings):
     """Adds the MLflow locations. ``MLFLOW_*`` names are MLflow's own variables."""
 
-    mlflow_tracking_uri: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI")
-    mlflow_registry_uri: str | None = Field(default=None, validation_alias="MLFLOW_REGISTRY_URI")
+    mlflow_tracking_uri: str | None = Field(default=None, validation_alias="MLFLOW_TRACKING_URI",
+                                            description="MLflow tracking: a database URL or http://host:5000; "
+                                            "default sqlite:///<FTI_DATA_DIR>/mlflow.db (artifacts in "
+                                            "<FTI_DATA_DIR>/mlartifacts)")
+    mlflow_registry_uri: str | None = Field(default=None, validation_alias="MLFLOW_REGISTRY_URI",
+                                            description="the model registry; default: the tracking URI")
+    model_alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
+                             description="the alias training moves (through its gate) and inference serves")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        import os
+
+        if os.environ.get("FTI_ALIAS"):
+            raise ValueError("FTI_ALIAS was renamed FTI_MODEL_ALIAS (one name for training and serving): "
+                             "set FTI_MODEL_ALIAS instead")
+        return data
 
     @model_validator(mode="after")
     def _mlflow_defaults(self) -> MlflowSettings:

@@ -7,4 +7,3 @@ from shared.settings import MlflowSettings
 
 class Settings(MlflowSettings):
     experiment: str | None = Field(default=None, description="MLflow experiment; default 'fti-<dataset>'")
-    alias: str = Field(default="champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")

@@ -210,7 +210,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         log.info("[4/5] registered %s version %s (registry round trip: identical predictions)",
                  spec.model.name, mv.version)
 
-        decision = reg.gate(spec.model.name, settings.alias, metric=primary, candidate_score=metrics[primary],
+        decision = reg.gate(spec.model.name, settings.model_alias, metric=primary, candidate_score=metrics[primary],
                             X=data.X_test, y=data.y_test, policy=promote,
                             memory_limit_mb=settings.model_load_memory_mb)
         gate_tags = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
@@ -221,9 +221,9 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         reg.log_json(decision.as_dict(), Artifact.GATE_DECISION)
         reg.set_version_tags(spec.model.name, mv.version, gate_tags)
         if decision.promoted:
-            reg.set_alias(spec.model.name, settings.alias, mv.version)
+            reg.set_alias(spec.model.name, settings.model_alias, mv.version)
         log.info("[5/5] gate: %s -> %s", decision.reason,
-                 f"'{settings.alias}' now points at version {mv.version}" if decision.promoted
-                 else f"'{settings.alias}' unchanged")
+                 f"'{settings.model_alias}' now points at version {mv.version}" if decision.promoted
+                 else f"'{settings.model_alias}' unchanged")
     return TrainResult(spec.model.name, str(mv.version), run_id, info.version, metrics, decision, tags,
                        time.perf_counter() - t0)

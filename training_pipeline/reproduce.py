@@ -76,7 +76,7 @@ _ABSENT = object()
 
 
 class ReproduceError(ValueError):
-    """Something the user can fix (unknown model/version, missing artifacts, no data): exit 2."""
+    """Something the user can fix (unknown model/version, missing artifacts, no data): exit 3."""
 
 
 # --------------------------------------------------------------------------- report

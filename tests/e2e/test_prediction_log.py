@@ -169,7 +169,7 @@ def test_unknown_prediction_id_is_a_404_error(trained, server):
         assert r.status_code == 404
         assert r.json()["error"]["code"] == "prediction_not_found"
     res = run_fti(["lineage", uuid.uuid4().hex, "--spec", str(trained["spec_path"])], trained["env"])
-    assert res.returncode == 2 and "no logged prediction has id" in res.stderr
+    assert res.returncode == 3 and "no logged prediction has id" in res.stderr
     assert "Traceback" not in res.stderr
 
 

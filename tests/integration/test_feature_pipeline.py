@@ -303,7 +303,7 @@ BAD_SOURCES = {
 
 
 def test_bad_sources_fail_before_writing(new_store: Callable[[], str], tmp_path: Path) -> None:
-    """Each bad source -> exit 2, a message naming the problem, nothing written.
+    """Each bad source -> exit 3, a message naming the problem, nothing written.
 
     The four cases run as concurrent CLI processes (start-up dominates their cost):
     ``fresh`` ones on a store without any table, the others on a store that already
@@ -331,8 +331,8 @@ def test_bad_sources_fail_before_writing(new_store: Callable[[], str], tmp_path:
     for (case, (_, _, fragments)), res in zip(BAD_SOURCES.items(), results, strict=True):
         err = res.stderr.replace(str(_csv(cases[case][0]).resolve()), "<source>")
         problems = []
-        if res.returncode != 2:
-            problems.append(f"exit code {res.returncode}, expected 2")
+        if res.returncode != 3:
+            problems.append(f"exit code {res.returncode}, expected 3")
         if "fti: error:" not in err or "Traceback" in err:
             problems.append("stderr is not a one-line-style `fti: error:` message")
         problems += [f"stderr lacks {f!r}" for f in fragments if f not in err]

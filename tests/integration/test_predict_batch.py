@@ -256,7 +256,7 @@ def test_model_version_and_feature_version_select_what_is_scored(project: Projec
     assert f"{info.row_count}/{info.row_count} rows scored and written (100.0%)" in err
 
 
-# --------------------------------------------------------------------------- exit 2
+# --------------------------------------------------------------------------- exit 3
 
 
 def _main(project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str,
@@ -279,13 +279,13 @@ def _main(project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
 
 
 @pytest.mark.slow
-def test_user_errors_exit_2_with_what_to_do(project: Project, monkeypatch: pytest.MonkeyPatch,
+def test_user_errors_exit_3_with_what_to_do(project: Project, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from shared import feature_table as ft
 
     # Through a real subprocess: the exit code and the message, no traceback.
     res = project.cli("predict-batch", "--spec", str(project.spec), "--feature-version", "99")
-    assert res.returncode == 2, _explain(res)
+    assert res.returncode == 3, _explain(res)
     assert "fti: error: dataset 'claims' has no feature version 99 (see `fti features list" in res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
 

@@ -4,7 +4,7 @@ One module-scoped project: a small claims source, one feature version, and the s
 twice by ``fti train`` in two processes with different ``PYTHONHASHSEED``. The tests then ask
 ``fti reproduce`` about version 1: unchanged it must say IDENTICAL (exit 0); with one thing changed
 (seed, a hyperparameter, a source row, a derived feature) it must say DIFFERENT (exit 1) and name it;
-with nothing left to retrain from it must fail with exit 2.
+with nothing left to retrain from it must fail with exit 3.
 """
 
 from __future__ import annotations
@@ -199,10 +199,10 @@ def test_a_source_row_edited_in_place_is_named(trained: Trained) -> None:
     assert any("rewritten in place" in n for n in report["notes"]), report["notes"]
 
 
-# --------------------------------------------------------------------------- exit 2
+# --------------------------------------------------------------------------- exit 3
 
 
-def test_unreproducible_requests_fail_with_exit_2(trained: Trained, client: Any) -> None:
+def test_unreproducible_requests_fail_with_exit_3(trained: Trained, client: Any) -> None:
     from training_pipeline.reproduce import ReproduceError, _model_version
 
     # Unknown versions and models: in-process (a CLI start-up costs ~10 s; the exit-2 mapping of
@@ -220,6 +220,6 @@ def test_unreproducible_requests_fail_with_exit_2(trained: Trained, client: Any)
         res = trained.cli("reproduce", f"{trained.name}/1", env={**trained.env, "FTI_DATABASE_URL": empty_store})
     finally:
         moved.rename(trained.csv)
-    assert res.returncode == 2, _explain(res)
+    assert res.returncode == 3, _explain(res)
     assert "fti: error: no data to retrain" in res.stderr and "Traceback" not in res.stderr, _explain(res)
     assert "source file not found" in res.stderr

@@ -261,7 +261,7 @@ def test_gate_keeps_a_better_champion_and_promotes_an_equal_one(project: Project
 def test_missing_feature_version_fails_with_its_number(project: Project, client: Any) -> None:
     project.publish_features()
     res = project.cli(["train", "--spec", str(project.spec), "--feature-version", "99"])
-    assert res.returncode == 2, _explain(res)
+    assert res.returncode == 3, _explain(res)
     assert "fti: error:" in res.stderr and "Traceback" not in res.stderr, _explain(res)
     assert re.search(r"\bversion 99\b", res.stderr), _explain(res)
     # Nothing was registered under the model name.
