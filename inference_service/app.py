@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from inference_service import errors
+from inference_service import docs_ui, errors
 from inference_service.config import Settings
 from inference_service.guard import Guard
 from inference_service.invocations import Signature
@@ -92,7 +92,8 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
 
     # No FastAPI max_body_size: its 413 is plain text from outside every middleware (no request id). The
     # guard refuses a declared length over FTI_MAX_BODY_BYTES; the scoring lanes count the bytes they read.
-    app = FastAPI(title=f"fti inference: {spec.name}", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title=f"fti inference: {spec.name}", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,  # /docs from packaged files (docs_ui), never a CDN
                   description=f"Scores raw {spec.name} records with the `{spec.model.name}@{settings.model_alias}` "
                               "model. Features are computed by the same `shared` code as the feature pipeline; "
                               "history features are read from the feature table as of each record's event time.")
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(metrics.build_router(obs))
+    docs_ui.install(app)
     guard = Guard.from_settings(settings)  # refuses an unsafe key/host configuration before the port opens
     app.state.guard = guard
     app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log, guard=guard,
