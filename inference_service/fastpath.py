@@ -114,6 +114,7 @@ class FastPath:
                 A = canonical_floats(np.vstack([columns[name] for name in block.columns]).T)
                 for step in block.steps:
                     if step.kind == "impute":
+                        assert step.a is not None  # impute steps always carry their statistics
                         A = np.where(np.isnan(A), step.a, A)
                     else:
                         if step.a is not None:

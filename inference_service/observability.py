@@ -184,7 +184,8 @@ class ObserveRequests:
         request_id = uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["log"] = extra = {}
+        extra: dict[str, Any] = {}
+        state["log"] = extra
         status = 500
         version = "none"
         body = bytearray() if self.log_bodies else None

@@ -175,7 +175,7 @@ class Runtime:
                 if not self.store_ready:
                     await asyncio.to_thread(self.prepare_store)
                 model = await asyncio.to_thread(self.load_once)
-                self._count_load("initial", "loaded", model.load_seconds)
+                self._count_load("initial", "loaded", model.load_seconds if model is not None else None)
                 return
             except ModelLoadError as exc:
                 self.last_error = str(exc)

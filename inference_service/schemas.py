@@ -26,7 +26,7 @@ def record_schema(spec: DatasetSpec) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for name in spec.raw_input_columns:
         col = spec.columns[name]
-        base = dict(_JSON_TYPES[col.type])
+        base: dict[str, Any] = dict(_JSON_TYPES[col.type])
         if col.type.is_text:
             base["maxLength"] = col.max_length
         if col.min is not None:

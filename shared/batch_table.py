@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -226,4 +226,4 @@ def stored_checksum(engine: Engine, batch: str) -> tuple[str, int]:
     t = batch_predictions
     with engine.connect() as conn:
         rows = conn.execute(select(*(t.c[c] for c in CHECKSUM_COLUMNS)).where(t.c.batch_id == batch)).all()
-    return checksum_rows(r._mapping for r in rows)
+    return checksum_rows(cast("Mapping[str, Any]", r._mapping) for r in rows)

@@ -166,7 +166,7 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> tuple[
             return int(top if pd.notna(top) else 0) + 1_000_000 + k
         return f"__fti_cov_{k:04d}_{tag}"
 
-    def variant(tag: str, i: int, *, as_live: bool = False, **changes: Any) -> None:
+    def variant(tag: str, i: int, *, as_live: Any = False, **changes: Any) -> None:  # Any: **{col: value}
         rec = dict(bases[i % len(bases)])
         rec.update(changes)
         rec[spec.record_id] = synthetic_key(spec.record_id, len(out), tag)
@@ -181,8 +181,8 @@ def coverage_records(pool: pd.DataFrame, spec: DatasetSpec, seed: int) -> tuple[
             variant(f"missing_{name}", j, **{name: None})
         if col.type == ColumnType.CATEGORY:
             seen = sorted({str(v) for v in ordered[name].dropna().tolist()})[:24]
-            for k, value in enumerate([*seen, UNSEEN_CATEGORY, ""] if col.nullable else [*seen, UNSEEN_CATEGORY]):
-                variant(f"category_{name}_{k}", j + k, **{name: value})
+            for k, category in enumerate([*seen, UNSEEN_CATEGORY, ""] if col.nullable else [*seen, UNSEEN_CATEGORY]):
+                variant(f"category_{name}_{k}", j + k, **{name: category})
         if col.type.is_numeric:
             for bound, value in (("min", col.min), ("max", col.max)):
                 if value is not None:
@@ -245,7 +245,7 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
     records = raw_records(rows, spec)
     model_inputs = rows[features]
     live = [False] * len(records)
-    if cov_records:
+    if cov_records and pool is not None:
         from shared.features import compute_online
         from shared.raw import RawDataError, normalize_records
 

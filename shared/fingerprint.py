@@ -58,7 +58,7 @@ def shared_source_sha256() -> str:
 def installed_distributions() -> dict[str, str]:
     out: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower()
+        name = (dist.metadata["Name"] or "").lower()
         if name:
             out[name] = dist.version
     return dict(sorted(out.items()))

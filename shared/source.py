@@ -99,6 +99,7 @@ def _read_sql(loaded: LoadedSpec) -> Extracted:
                 frame = pd.read_sql(text(query), conn)
             else:
                 from sqlalchemy import MetaData, Table, select
+                assert src.table is not None  # the spec requires query or table
                 table = Table(src.table, MetaData(), autoload_with=conn)
                 frame = pd.read_sql(select(table), conn)
     except Exception as exc:

@@ -50,7 +50,7 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int,
                  env: dict[str, Any] | None = None) -> dict[str, str]:
     """Tags for the run and the model version; ``env`` is the fingerprint the model is stored with."""
     env = env if env is not None else fingerprint.capture(loaded.spec.model.estimator.class_path)
-    tags = {
+    tags: dict[str, str] = {
         Tag.DATASET: info.dataset,
         Tag.FEATURE_VERSION: str(info.version),
         Tag.FEATURE_CHECKSUM: info.checksum,
@@ -198,11 +198,11 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         certificate = certmod.build(data.test, spec, pipe, info, seed=seed,
                                      pool=pd.concat([data.train, data.test], ignore_index=True))
         with tempfile.TemporaryDirectory() as tmp:
-            paths = []
+            paths: list[str] = []
             for name, obj in ((certmod.CERTIFICATE_FILE, certificate), (Artifact.ENVIRONMENT, environment)):
-                path = Path(tmp) / name
-                path.write_text(json.dumps(obj, indent=1, sort_keys=True))
-                paths.append(str(path))
+                file = Path(tmp) / name
+                file.write_text(json.dumps(obj, indent=1, sort_keys=True))
+                paths.append(str(file))
             model_info = reg.log_model(pipe, spec, data.X_train.head(50), extra_files=paths)
         mv = reg.register(model_info.model_uri, spec.model.name, {**tags, Tag.RUN_ID: run_id})
         digest = reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
@@ -213,7 +213,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         decision = reg.gate(spec.model.name, settings.model_alias, metric=primary, candidate_score=metrics[primary],
                             X=data.X_test, y=data.y_test, policy=promote,
                             memory_limit_mb=settings.model_load_memory_mb)
-        gate_tags = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
+        gate_tags: dict[str, str] = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
                      Tag.GATE_CHAMPION_VERSION: str(decision.champion_version or "")}
         mlflow.set_tags(gate_tags)
         if decision.champion_score is not None:

@@ -80,7 +80,7 @@ def signature_for(spec: DatasetSpec, n_classes: int) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
-    cols = []
+    cols: list[ColSpec | TensorSpec] = []
     for name in spec.model_features:
         col = spec.columns.get(name)
         kind = "double" if spec.feature_kind(name) == "numeric" else "string"

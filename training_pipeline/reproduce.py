@@ -710,7 +710,7 @@ def _compare_predictions(report: Report, spec: DatasetSpec, certificate: dict[st
     missing = [f for f in features if f not in cert_features]
     ids = [str(r.get(spec.record_id)) for r in certificate.get("records", [])]
     if missing:
-        cert = {"rows": len(ids), "identical": False, "differing": len(ids), "max_abs_diff": None,
+        cert: dict[str, Any] = {"rows": len(ids), "identical": False, "differing": len(ids), "max_abs_diff": None,
                 "error": f"the retrained model uses features the certificate lacks: {', '.join(missing[:5])}",
                 "first_differing": []}
     else:
