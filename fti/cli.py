@@ -370,6 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fti.threads import ThreadSettingError, apply
     from shared.errors import user_error_message
 
+    # MLflow imports GitPython, which warns at length when no git executable is on PATH (the images have
+    # none); fti records the commit itself (shared.provenance)
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     try:
         apply()  # before any command imports numpy
     except ThreadSettingError as exc:

@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
     guard = Guard.from_settings(settings)  # refuses an unsafe key/host configuration before the port opens
     app.state.guard = guard
     app.add_middleware(ObserveRequests, obs=obs, access_log_on=settings.access_log, guard=guard,
+                       log_probes=settings.access_log_probes,
                        log_bodies=settings.log_request_bodies, json_lines=settings.log_format == "json",
                        fast_lane=Lanes([mlflow_compat.FastLane(lambda: app.state.runtime, signature, obs,
                                                                max_rows=settings.max_invocation_rows,

@@ -46,6 +46,8 @@ class Settings(MlflowSettings):
                             "object per line) or text")
     access_log: bool = Field(default=True, description="FTI_ACCESS_LOG: one log line per request (request id, "
                              "endpoint, status, duration, model version, rows, prediction ids)")
+    access_log_probes: bool = Field(default=False, description="also access-log health probes and /metrics "
+                                    "scrapes answered 200 (failing ones are always logged)")
     log_request_bodies: bool = Field(default=False, description="FTI_LOG_REQUEST_BODIES: add the first 4 KiB "
                                      "of each request body to its access-log line (off: bodies hold client data)")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="request body limit in bytes (413 "

@@ -38,6 +38,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 access_log = logging.getLogger("fti.access")
+# Answered 200, these are not access-logged unless FTI_ACCESS_LOG_PROBES (a probe every few seconds made
+# 56% of the inference container's lines); a failing probe is always logged.
+QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/ping", "/health", "/version", "/metrics"})
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -167,8 +170,9 @@ class ObserveRequests:
     """Pure ASGI middleware (no per-request task or body copy): ids, metrics, one access-log line."""
 
     def __init__(self, app: Any, obs: Observability, *, access_log_on: bool = True, log_bodies: bool = False,
-                 json_lines: bool = True, fast_lane: Any = None, guard: Any = None):
+                 json_lines: bool = True, fast_lane: Any = None, guard: Any = None, log_probes: bool = False):
         self.app = app
+        self.log_probes = log_probes  # health probes and scrapes answered 200: most of a quiet service's lines
         self.guard = guard  # inference_service.guard.Guard: hosts, keys, concurrency, deadline
         self.fast_lane = fast_lane  # handles() + __call__(scope, receive, send, state): the scoring hot path
         self.obs = obs
@@ -237,7 +241,8 @@ class ObserveRequests:
             if endpoint != "/metrics":
                 self.obs.requests.labels(endpoint, scope["method"], str(status), version).inc()
                 self.obs.latency.labels(endpoint, version).observe(seconds)
-            if self.access_log_on and access_log.isEnabledFor(logging.INFO):
+            quiet_probe = not self.log_probes and status == 200 and scope["path"] in QUIET_PATHS
+            if self.access_log_on and not quiet_probe and access_log.isEnabledFor(logging.INFO):
                 fields: dict[str, Any] = {"event": "request", "method": scope["method"], "path": scope["path"],
                                           "endpoint": endpoint, "status": status,
                                           "duration_ms": round(seconds * 1000, 3), "request_id": request_id,

@@ -102,9 +102,27 @@ def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame, extra_files
 
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> Any:
-    import mlflow
+    """A new version of ``name`` from a logged model, as ``mlflow.register_model`` makes it -- except that
+    the registered model is created only when it does not exist: ``register_model`` always tries to
+    create it first, and on every retrain the database behind the registry logged a duplicate-key
+    ERROR for that attempt."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    return mlflow.register_model(model_uri, name, await_registration_for=300, tags=tags)
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.create_registered_model(name)
+        except MlflowException as race:  # another training job created it meanwhile
+            if race.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    return client.create_model_version(name, source=model_uri, run_id=None, tags=tags, await_creation_for=300,
+                                       model_id=model_id)
 
 
 def download(name: str, version: str, dst: str) -> Any:
