@@ -78,6 +78,12 @@ def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *
         skm.PrecisionRecallDisplay.from_predictions(y_bin, score, ax=ax, name="model")
         ax.set_title("Precision-recall curve (evaluation split)")
         figs["plots/pr_curve.png"] = fig
+        from sklearn.calibration import CalibrationDisplay
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        CalibrationDisplay.from_predictions(y_bin, score, n_bins=10, strategy="quantile", ax=ax, name="model")
+        ax.set_title(f"Calibration of P({pos}) (evaluation split, deciles)")
+        figs["plots/calibration.png"] = fig
     fig, ax = plt.subplots(figsize=(5, 5))
     skm.ConfusionMatrixDisplay.from_predictions(y_true, classes[np.argmax(proba, axis=1)], ax=ax,
                                                 colorbar=False)

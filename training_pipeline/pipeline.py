@@ -188,6 +188,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         mlflow.set_tags(tags)
         mlflow.log_params(flat_params(loaded, len(data.X_train), len(data.X_test)))
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        reg.log_feature_inputs(spec, data)
         for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed,
                                  primary_metric=primary).items():
             mlflow.log_figure(fig, path)

@@ -101,6 +101,23 @@ def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame, extra_files
         pip_requirements=pip_requirements(), extra_files=extra_files)
 
 
+def log_feature_inputs(spec: DatasetSpec, data: Any) -> None:
+    """The run's Datasets tab: the training and evaluation splits of the feature version, named after it,
+    with the version's checksum as MLflow's digest (one name per split: MLflow keeps one input per name and
+    digest) (its first 32 hex digits: MLflow's column is short;
+    the whole checksum is in the input's tags and the run's ``fti.feature_checksum``)."""
+    import mlflow
+
+    info = data.version
+    tags = {"fti.dataset": spec.name, "fti.feature_version": str(info.version),
+            "fti.feature_checksum": info.checksum, "fti.feature_as_of": str(info.as_of)}
+    for context, X, y in (("training", data.X_train, data.y_train), ("evaluation", data.X_test, data.y_test)):
+        frame = X.assign(**{spec.label: y})
+        ds = mlflow.data.from_pandas(frame, targets=spec.label, name=f"{spec.name}-feature-version-{info.version}-{context}",
+                                     digest=info.checksum[:32])
+        mlflow.log_input(ds, context=context, tags={**tags, "fti.split": context})
+
+
 def register(model_uri: str, name: str, tags: dict[str, str]) -> Any:
     """A new version of ``name`` from a logged model, as ``mlflow.register_model`` makes it -- except that
     the registered model is created only when it does not exist: ``register_model`` always tries to

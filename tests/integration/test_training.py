@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 N_POLICYHOLDERS = 300
 CLI_TIMEOUT = 240
 ALIAS = "champion"
-PLOTS = ["plots/roc_curve.png", "plots/pr_curve.png", "plots/confusion_matrix.png",
+PLOTS = ["plots/roc_curve.png", "plots/pr_curve.png", "plots/confusion_matrix.png", "plots/calibration.png",
          "plots/feature_importance.png"]
 WORSE_PARAMS = {"max_iter": 1, "max_depth": 1, "learning_rate": 0.01, "early_stopping": False}
 
@@ -189,6 +189,16 @@ def test_train_registers_a_validated_champion_with_lineage(project: Project, cli
     artifacts = _artifact_paths(client, line["run_id"])
     missing = {*PLOTS, "spec/claims.yaml", "gate/decision.json"} - artifacts
     assert not missing, f"missing artifacts {sorted(missing)}; run has {sorted(artifacts)}"
+    # The Datasets tab: both splits of the feature version, its checksum as the digest.
+    inputs_by_split = {next(t.value for t in d.tags if t.key == "fti.split"): d
+                       for d in run.inputs.dataset_inputs}
+    assert set(inputs_by_split) == {"training", "evaluation"}
+    checksum = run.data.tags["fti.feature_checksum"]
+    for d in inputs_by_split.values():
+        assert d.dataset.digest == checksum[:32]
+        assert {t.key: t.value for t in d.tags}["fti.feature_checksum"] == checksum
+        split = next(t.value for t in d.tags if t.key == "fti.split")
+        assert d.dataset.name.endswith(f"feature-version-{run.data.tags['fti.feature_version']}-{split}")
     decision = _decision(client, line["run_id"], project.tmp_path / "dl")
     assert decision["promoted"] is True and decision["champion_version"] is None
 
