@@ -107,14 +107,15 @@ def log_feature_inputs(spec: DatasetSpec, data: Any) -> None:
     digest) (its first 32 hex digits: MLflow's column is short;
     the whole checksum is in the input's tags and the run's ``fti.feature_checksum``)."""
     import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
 
     info = data.version
     tags = {"fti.dataset": spec.name, "fti.feature_version": str(info.version),
             "fti.feature_checksum": info.checksum, "fti.feature_as_of": str(info.as_of)}
     for context, X, y in (("training", data.X_train, data.y_train), ("evaluation", data.X_test, data.y_test)):
         frame = X.assign(**{spec.label: y})
-        ds = mlflow.data.from_pandas(frame, targets=spec.label, name=f"{spec.name}-feature-version-{info.version}-{context}",
-                                     digest=info.checksum[:32])
+        ds = from_pandas(frame, targets=spec.label, name=f"{spec.name}-feature-version-{info.version}-{context}",
+                         digest=info.checksum[:32])
         mlflow.log_input(ds, context=context, tags={**tags, "fti.split": context})
 
 
