@@ -89,16 +89,19 @@ def images() -> dict[str, str]:
     # this machine has no registry, so the tests build and use them.
     env.setdefault("FTI_BASE_IMAGE", "fti-local/python:3.11-bookworm")
     env.setdefault("FTI_POSTGRES_IMAGE", "fti-local/postgres:15")
-    for script in ("build-base-images.sh", "build-images.sh"):
-        proc = subprocess.run(["bash", f"scripts/{script}"], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=2400)
-        assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    # The README's one preparation command (compose v2, base images, wheelhouse, images, .env)
+    proc = subprocess.run(["bash", "scripts/docker-prepare.sh", "--local-base-images"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=3000)
+    assert proc.returncode == 0, f"docker-prepare.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    dotenv = dict(line.split("=", 1) for line in (REPO / ".env").read_text().splitlines() if "=" in line)
+    assert dotenv["FTI_BASE_IMAGE"] == env["FTI_BASE_IMAGE"] and dotenv["FTI_POSTGRES_IMAGE"] == env["FTI_POSTGRES_IMAGE"]
     return env
 
 
 @pytest.fixture(scope="module")
 def stack(images: dict[str, str], tmp_path_factory) -> Iterator[Stack]:
-    env = {**images, "FTI_INFERENCE_PORT": str(free_port()), "FTI_RELOAD_INTERVAL_SECONDS": "2",
+    env = {**images, "FTI_INFERENCE_PORT": str(free_port()), "FTI_MLFLOW_PORT": str(free_port()),
+           "FTI_RELOAD_INTERVAL_SECONDS": "2",
            # A small first dataset, so the full one trained later yields a better model.
            "FTI_DEMO_POLICYHOLDERS": "250"}
     env.pop("COMPOSE_PROJECT_NAME", None)
@@ -177,14 +180,24 @@ def test_fresh_up_serves_correct_predictions_on_the_published_port(stack: Stack,
         assert states[job]["State"] == "exited" and states[job]["ExitCode"] == 0, states[job]
 
 
-def test_only_inference_is_published_all_have_healthchecks_and_run_non_root(stack: Stack):
+def test_only_inference_and_the_mlflow_ui_are_published_on_loopback_all_have_healthchecks_and_run_non_root(
+        stack: Stack):
     published = {}
     for c in stack.ps():
         ports = [p for p in (c.get("Publishers") or []) if p.get("PublishedPort")]
         if ports:
             published[c["Service"]] = ports
-    assert set(published) == {"inference"}
-    assert {p["URL"] for p in published["inference"]} <= {"127.0.0.1", "0.0.0.0", "::"}
+    assert set(published) == {"inference", "mlflow"}
+    for service in published:
+        assert {p["URL"] for p in published[service]} <= {"127.0.0.1"}, published[service]
+    # The MLflow UI answers on its loopback port for a registry user, and refuses anonymous requests.
+    ui = f"http://127.0.0.1:{stack.env['FTI_MLFLOW_PORT']}"
+    admin = ("fti-admin", "fti-admin-local")  # docker-compose.yml's documented local defaults
+    r = httpx.get(f"{ui}/", auth=admin, timeout=30)
+    assert r.status_code == 200 and "<html" in r.text.lower(), (r.status_code, r.text[:300])
+    r = httpx.get(f"{ui}/api/2.0/mlflow/registered-models/search", auth=admin, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    assert httpx.get(f"{ui}/", timeout=30).status_code == 401
 
     ids = {c["Service"]: c["ID"] for c in stack.ps()}
     for service in SERVICES:
