@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -114,8 +115,10 @@ def log_feature_inputs(spec: DatasetSpec, data: Any) -> None:
             "fti.feature_checksum": info.checksum, "fti.feature_as_of": str(info.as_of)}
     for context, X, y in (("training", data.X_train, data.y_train), ("evaluation", data.X_test, data.y_test)):
         frame = X.assign(**{spec.label: y})
-        ds = from_pandas(frame, targets=spec.label, name=f"{spec.name}-feature-version-{info.version}-{context}",
-                         digest=info.checksum[:32])
+        with warnings.catch_warnings():  # MLflow's schema hint about integer columns: the spec owns dtypes
+            warnings.filterwarnings("ignore", category=UserWarning, module="mlflow.types.utils")
+            ds = from_pandas(frame, targets=spec.label, name=f"{spec.name}-feature-version-{info.version}-{context}",
+                             digest=info.checksum[:32])
         mlflow.log_input(ds, context=context, tags={**tags, "fti.split": context})
 
 
