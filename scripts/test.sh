@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # The one test command:   bash scripts/test.sh [pytest args...]
+#                 or:     bash scripts/test.sh --fast [pytest args...]
+#
+# --fast: the quick tier for the development loop -- unit and in-process app tests, without the
+# ones marked slow (tests/unit shared -m "not slow"); CI always runs everything.
 #
 # Bootstraps the environment (scripts/bootstrap.sh), then runs
 # `.venv/bin/python -m pytest "$@"` from the repo root (no args = whole suite).
@@ -12,6 +16,10 @@ bash "$root/scripts/bootstrap.sh"
 export UV_SYSTEM_CERTS=1 UV_PYTHON_DOWNLOADS=never
 
 cd "$root"
+if [[ ${1:-} == --fast ]]; then
+    shift
+    set -- tests/unit shared -m "not slow" "$@"
+fi
 echo "test.sh: .venv/bin/python -m pytest $*" >&2
 rc=0
 "$root/.venv/bin/python" -m pytest "$@" || rc=$?

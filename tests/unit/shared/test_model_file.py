@@ -120,6 +120,7 @@ def test_at_least_twelve_crafted_models_cover_every_library_named_in_the_issue()
         assert lib in text, lib
 
 
+@pytest.mark.slow  # ~12 s: builds a model that really needs more than the limit
 def test_an_allow_listed_file_that_needs_too_much_memory_is_refused_by_the_rehearsal(tmp_path, genuine):
     """Only allow-listed types, a 200 MB array that compresses to almost nothing: the audit lets it
     through (it is a plausible model), the rehearsal under 64 MB refuses it, the service never builds it."""
