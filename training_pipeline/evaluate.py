@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
-from sklearn.inspection import permutation_importance
+
+from training_pipeline.importance import permutation_importance
 
 LOWER_IS_BETTER = {"log_loss", "brier"}
 
@@ -17,34 +19,45 @@ def positive_index(classes: np.ndarray) -> int:
     return len(classes) - 1
 
 
-def compute_metrics(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, Callable[[], float]]:
+    """Each metric as a thunk: all of them for the run, one for the permutation importance."""
     pred = classes[np.argmax(proba, axis=1)]
-    out: dict[str, float] = {
-        "accuracy": float(skm.accuracy_score(y_true, pred)),
-        "log_loss": float(skm.log_loss(y_true, proba, labels=classes)),
-        "n_eval": float(len(y_true)),
+    fns: dict[str, Callable[[], float]] = {
+        "accuracy": lambda: float(skm.accuracy_score(y_true, pred)),
+        "log_loss": lambda: float(skm.log_loss(y_true, proba, labels=classes)),
+        "n_eval": lambda: float(len(y_true)),
     }
     if len(classes) == 2:
         pos = classes[positive_index(classes)]
         score = proba[:, positive_index(classes)]
         y_bin = (y_true == pos).astype(int)
-        out.update({
-            "roc_auc": float(skm.roc_auc_score(y_bin, score)) if len(np.unique(y_bin)) == 2 else float("nan"),
-            "average_precision": float(skm.average_precision_score(y_bin, score)),
-            "f1": float(skm.f1_score(y_true, pred, pos_label=pos, zero_division=0)),
-            "precision": float(skm.precision_score(y_true, pred, pos_label=pos, zero_division=0)),
-            "recall": float(skm.recall_score(y_true, pred, pos_label=pos, zero_division=0)),
-            "brier": float(skm.brier_score_loss(y_bin, score)),
-            "positive_rate": float(y_bin.mean()),
+        fns.update({
+            "roc_auc": lambda: float(skm.roc_auc_score(y_bin, score)) if len(np.unique(y_bin)) == 2
+            else float("nan"),
+            "average_precision": lambda: float(skm.average_precision_score(y_bin, score)),
+            "f1": lambda: float(skm.f1_score(y_true, pred, pos_label=pos, zero_division=0)),
+            "precision": lambda: float(skm.precision_score(y_true, pred, pos_label=pos, zero_division=0)),
+            "recall": lambda: float(skm.recall_score(y_true, pred, pos_label=pos, zero_division=0)),
+            "brier": lambda: float(skm.brier_score_loss(y_bin, score)),
+            "positive_rate": lambda: float(y_bin.mean()),
         })
     else:
-        out.update({
-            "roc_auc": float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)),
-            "average_precision": float(skm.average_precision_score(
+        fns.update({
+            "roc_auc": lambda: float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes)),
+            "average_precision": lambda: float(skm.average_precision_score(
                 (y_true[:, None] == classes[None, :]).astype(int), proba)),
-            "f1": float(skm.f1_score(y_true, pred, average="macro", zero_division=0)),
+            "f1": lambda: float(skm.f1_score(y_true, pred, average="macro", zero_division=0)),
         })
-    return out
+    return fns
+
+
+def compute_metrics(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    return {name: fn() for name, fn in _metric_fns(classes, y_true, proba).items()}
+
+
+def metric_value(metric: str, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> float:
+    """One metric, computed as :func:`compute_metrics` computes it."""
+    return _metric_fns(classes, y_true, proba)[metric]()
 
 
 def better_or_equal(metric: str, new: float, old: float) -> bool:
@@ -93,14 +106,13 @@ def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *
     sample = X if len(X) <= 3000 else X.sample(3000, random_state=seed)
     y_sample = y_true if len(X) <= 3000 else y_true[sample.index.to_numpy()]
     def scoring(est: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
-        value = compute_metrics(est.classes_, y_, est.predict_proba(X_))[primary_metric]
+        value = metric_value(primary_metric, est.classes_, y_, est.predict_proba(X_))
         return -value if primary_metric in LOWER_IS_BETTER else value
 
-    imp = permutation_importance(pipe, sample, y_sample, n_repeats=3, random_state=seed, scoring=scoring,
-                                 n_jobs=1)
-    order = np.argsort(imp.importances_mean)
+    imp = permutation_importance(pipe, sample, y_sample, scoring, n_repeats=3, seed=seed)
+    order = np.argsort(imp.mean)
     fig, ax = plt.subplots(figsize=(6, max(3, 0.28 * len(order))))
-    ax.barh(np.asarray(X.columns)[order], imp.importances_mean[order], xerr=imp.importances_std[order])
+    ax.barh(np.asarray(X.columns)[order], imp.mean[order], xerr=imp.std[order])
     ax.set_title(f"Permutation importance ({primary_metric} drop)")
     fig.tight_layout()
     figs["plots/feature_importance.png"] = fig
