@@ -29,7 +29,7 @@ def guarded_protocol(*, max_header_bytes: int, header_timeout: float, body_timeo
         _discarding = False
         _timer: TimerHandle | None = None
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._await_head()
 

@@ -27,7 +27,7 @@ class TooManyItems(ValueError):
 
 
 def _ws(text: str, i: int) -> int:
-    return WHITESPACE.match(text, i).end()  # type: ignore[union-attr]
+    return WHITESPACE.match(text, i).end()
 
 
 def loads(text: str, decoder: json.JSONDecoder, *, max_items: int,

@@ -121,7 +121,7 @@ class RuntimeCollector(Collector):
 
 class Observability:
     def __init__(self, runtime_getter: Callable[[], Any]):
-        disable_created_metrics()  # no *_created series: they double the exposition and nobody graphs them
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the exposition and nobody graphs them
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("fti_requests", "HTTP requests served", ["endpoint", "method", "status",
                                                                          "model_version"], registry=self.registry)

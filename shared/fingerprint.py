@@ -114,7 +114,9 @@ def compare_enforced(recorded: dict[str, Any], running: dict[str, Any]) -> list[
     if recorded.get("shared_source_sha256") != running.get("shared_source_sha256"):
         diffs.append(Difference("shared source (sha256)", str(recorded.get("shared_source_sha256", "absent")),
                                 str(running.get("shared_source_sha256", "absent"))))
-    minor = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
+    def minor(v: Any) -> str:
+        return ".".join(str(v).split(".")[:2])
+
     if minor(recorded.get("python")) != minor(running.get("python")):
         diffs.append(Difference("python", str(recorded.get("python")), str(running.get("python"))))
     return diffs
