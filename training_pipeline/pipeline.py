@@ -194,7 +194,9 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
             mlflow.log_figure(fig, path)
         reg.log_file(loaded.path, "spec")
         reg.log_json(info.as_dict(), Artifact.FEATURE_VERSION)
-        log.info("[3/5] logged params, metrics, plots and lineage to run %s", run_id)
+        log.info("[3/5] logged params, metrics, plots and lineage to run %s%s", run_id,
+                 f" ({settings.mlflow_ui_url.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id})"
+                 if settings.mlflow_ui_url else "")
 
         certificate = certmod.build(data.test, spec, pipe, info, seed=seed,
                                      pool=pd.concat([data.train, data.test], ignore_index=True))
