@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import feature_table as ft
 from shared.db import make_engine
 from shared.spec import load_spec
-from tests.helpers import Server, fti_env, raw_json_records, run_fti, write_claims_spec
+from tests.helpers import Server, fti_env, mlflow_uris_restored, raw_json_records, run_fti, write_claims_spec
 from tests.infra.ports import free_port, log_tail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -116,22 +116,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Any:
             rows[col] = rows[col].astype("float64")
         else:
             rows[col] = rows[col].astype(object).where(rows[col].notna(), None)
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    try:  # MLflow keeps both URIs in process globals and os.environ: restore them for later modules
+    with mlflow_uris_restored():  # MLflow keeps both URIs in process globals and os.environ
         mlflow.set_tracking_uri(tracking)
         mlflow.set_registry_uri(tracking)
         model = mlflow.sklearn.load_model(f"models:/{name}/1")
-    finally:
-        from mlflow.tracking._model_registry import utils as registry_utils
-        from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        tracking_utils._tracking_uri = None
-        registry_utils._registry_uri = None
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     expected = model.predict_proba(rows)
     fti = Server(spec_path, env, root / "fti.log")
     try:
