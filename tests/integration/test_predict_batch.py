@@ -6,7 +6,7 @@ One module-scoped project: a small claims source, feature version 1, ``fti train
 model becomes champion), then feature version 2 (an earlier ``--as-of``, fewer rows). The tests then score
 whole feature versions and check the table against the registered model scored in this process, bit for
 bit; that a rerun writes nothing and ``--replace`` rewrites the same content; the ``--model`` and
-``--feature-version`` arguments; the exit-2 errors (a certificate that fails at the model level among them);
+``--feature-version`` arguments; the exit-3 errors (a certificate that fails at the model level among them);
 and that a run killed with SIGKILL in the middle of writing leaves nothing behind on SQLite and PostgreSQL,
 after which two concurrent reruns write the batch exactly once (and, on SQLite, that a killed ``--replace``
 leaves the old batch whole).
@@ -310,7 +310,8 @@ def test_user_errors_exit_3_with_what_to_do(project: Project, monkeypatch: pytes
                   "schema is at revision 0002, this needs 0003 or later: run `fti features migrate`"))
     for args, env, message in cases:
         code, out, err = _main(project, monkeypatch, capsys, *args, **env)
-        assert code == 2, (args, env, out, err)
+        malformed = "is not NAME/VERSION" in message  # a usage error; the rest are the user's to fix
+        assert code == (2 if malformed else 3), (args, env, out, err)
         assert err.startswith("fti: error: ") and message in err, (args, env, err)
         assert out == ""
     code, out, err = _main(project, monkeypatch, capsys, "--model", f"{project.name}/99")
@@ -343,7 +344,7 @@ def test_a_model_failing_its_certificate_at_the_model_level_is_refused_before_an
         # --replace too: the refusal comes before the existing batch (if any) would be deleted.
         code, out, err = _main(project, monkeypatch, capsys, "--model", f"{project.name}/1", "--feature-version", "1",
                                "--replace", FTI_MODEL_CACHE_DIR=str(cache))
-        assert code == 2, err
+        assert code == 3, err
         assert f"fti: error: refusing {project.name} version 1: on its parity certificate's model inputs it does not " \
                "give the certified outputs (1 of " in err and " rows differ" in err, err
         assert "Nothing was written" in err and out == ""
