@@ -144,7 +144,13 @@ def test_every_command_covered() -> None:
     assert parser_commands == {tuple(c[:2]) if c[0] in ("data", "features", "keys") else (c[0],) for c in COMMANDS}
 
 
-@pytest.mark.parametrize("argv", COMMANDS, ids=lambda a: " ".join(a[:2]))
+# In the quick tier: one command per service (each start costs ~2 s); the full suite runs them all.
+QUICK = {"features run", "train --spec", "serve --spec"}
+
+
+@pytest.mark.parametrize("argv", [c if " ".join(c[:2]) in QUICK else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in COMMANDS],
+                         ids=lambda a: " ".join(a[:2]))
 def test_every_command_runs_with_the_thread_limit(argv: list[str], tmp_path: Path) -> None:
     """The limit is in the command's own environment, so every process it starts inherits it."""
     env = fti_env(tmp_path / "data", FTI_THREADS="3")
