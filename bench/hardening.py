@@ -278,14 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     if not a.no_docs:
-        docs = REPO / "docs" / "benchmarks.md"
-        text = docs.read_text()
-        section = render(result)
-        if MARK_BEGIN in text:
-            text = text[:text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
-        else:
-            text += "\n\n## Probes under hostile load (`bench/hardening.py`)\n\n" + section + "\n"
-        docs.write_text(text)
+        from bench.report import update_benchmarks_doc
+
+        update_benchmarks_doc(render(result), MARK_BEGIN, MARK_END,
+                              new_heading="## Probes under hostile load (`bench/hardening.py`)")
     print(render(result))
     return 0
 

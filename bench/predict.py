@@ -268,13 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(result)
     print(md)
     if not args.no_docs:
-        doc = REPO / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        if MARK_BEGIN in text:
-            text = text[:text.index(MARK_BEGIN)] + md + text[text.index(MARK_END) + len(MARK_END):]
-        else:
-            text = text.rstrip() + "\n\n" + md + "\n"
-        doc.write_text(text)
+        from bench.report import update_benchmarks_doc
+
+        update_benchmarks_doc(md, MARK_BEGIN, MARK_END)
     return 0
 
 

@@ -244,3 +244,17 @@ def console_summary(results: dict[str, Any]) -> str:
     if results.get("error"):
         out.append(f"ERROR: {results['error']}")
     return "\n".join(out)
+
+
+def update_benchmarks_doc(section: str, begin: str, end: str, *, new_heading: str = "") -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into docs/benchmarks.md: in place
+    of the marked section when there is one, else appended (under ``new_heading`` if given)."""
+    doc = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    if begin in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    elif new_heading:
+        text += f"\n\n{new_heading}\n\n{section}\n"
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    doc.write_text(text)

@@ -134,13 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     section = render(result)
     if not a.no_docs:
-        docs = REPO / "docs" / "benchmarks.md"
-        text = docs.read_text()
-        if MARK_BEGIN in text:
-            text = text[:text.index(MARK_BEGIN)] + section + text[text.index(MARK_END) + len(MARK_END):]
-        else:
-            text += "\n\n## Training and batch-scoring overhead (`bench/training_overhead.py`)\n\n" + section + "\n"
-        docs.write_text(text)
+        from bench.report import update_benchmarks_doc
+
+        update_benchmarks_doc(section, MARK_BEGIN, MARK_END,
+                              new_heading="## Training and batch-scoring overhead (`bench/training_overhead.py`)")
     print(section)
     return 0
 
