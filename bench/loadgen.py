@@ -26,6 +26,9 @@ def wrk_path() -> str:
 
 
 def wrk_version() -> str:
+    """The installed wrk's banner, or "not installed" (benchmarks that do not use it still describe the machine)."""
+    if shutil.which("wrk") is None:
+        return "not installed"
     # `wrk -v` prints the version banner (plus usage) and exits non-zero.
     res = subprocess.run([wrk_path(), "-v"], capture_output=True, text=True, timeout=10)
     for line in (res.stdout + res.stderr).splitlines():

@@ -12,9 +12,9 @@ which decides from fti's own source alone:
    no functions, methods, reduce or operator nodes: no pipeline fti builds needs one.
 2. **Declared sizes.** Every ``.npy`` member must hold exactly the bytes its header
    declares, object dtypes are refused, and the unpacked archive is bounded.
-3. **Memory.** The load is first rehearsed in a child process under ``RLIMIT_AS``
-   (``memory_limit_mb``), so a file that asks for a huge allocation in a constructor
-   kills only the rehearsal.
+3. **Memory.** The load is first rehearsed in a child process (a fork, see :func:`rehearse`)
+   under ``RLIMIT_AS`` (``memory_limit_mb``), so a file that asks for a huge allocation in a
+   constructor, loops or crashes kills only the rehearsal.
 4. **Integrity.** :func:`artifact_digest` over the model directory is recorded at
    training (``fti.artifact_sha256``) and compared at every load.
 
@@ -295,8 +295,31 @@ def skops_file(model_dir: Path) -> Path:
     return target
 
 
-def rehearse(path: Path, memory_limit_mb: int, *, timeout: float = 300.0) -> None:
-    """Build the model once in a child process under ``RLIMIT_AS``; refuse it if that fails."""
+def rehearse(path: Path, memory_limit_mb: int, *, timeout: float = 300.0, method: str | None = None) -> None:
+    """Build the model once in a child process under ``RLIMIT_AS``; refuse it if that fails.
+
+    The child is a ``fork`` of this process where the platform has one: it already holds numpy,
+    scikit-learn and skops, so the rehearsal costs the build alone (a few hundred ms of CPU) instead of
+    a new interpreter's imports (about 3 s). The forked child touches nothing but the file, the
+    allow-list and a pipe, and leaves with ``os._exit`` (no atexit handlers, no inherited buffers
+    flushed). ``method="spawn"`` (or a platform without ``fork``) starts ``python -m shared.model_file``."""
+    method = method or ("fork" if hasattr(os, "fork") else "spawn")
+    if method == "fork":
+        code, last = _rehearse_forked(path, memory_limit_mb, timeout)
+    else:
+        code, last = _rehearse_spawned(path, memory_limit_mb, timeout)
+    if code == 2:  # the child's own refusal (the structure of what it built)
+        raise ModelFileRefused(f"model file {path.name} refused: {last.split(': ', 1)[-1][:300]}")
+    if code != 0:
+        raise ModelFileRefused(f"model file {path.name} refused: building it under a {memory_limit_mb} MB memory "
+                               f"limit failed ({last[:200]})")
+
+
+def _timed_out(path: Path, timeout: float) -> ModelFileRefused:
+    return ModelFileRefused(f"model file {path.name} refused: building it took over {timeout:.0f}s")
+
+
+def _rehearse_spawned(path: Path, memory_limit_mb: int, timeout: float) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     root = str(Path(__file__).resolve().parent.parent)
@@ -305,13 +328,51 @@ def rehearse(path: Path, memory_limit_mb: int, *, timeout: float = 300.0) -> Non
         proc = subprocess.run([sys.executable, "-m", "shared.model_file", str(path), str(memory_limit_mb)],
                               env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise ModelFileRefused(f"model file {path.name} refused: building it took over {timeout:.0f}s") from None
-    last = (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["killed"])[-1]
-    if proc.returncode == 2:  # the child's own refusal (the structure of what it built)
-        raise ModelFileRefused(f"model file {path.name} refused: {last.split(': ', 1)[-1][:300]}")
-    if proc.returncode != 0:
-        raise ModelFileRefused(f"model file {path.name} refused: building it under a {memory_limit_mb} MB memory "
-                               f"limit failed ({last[:200]})")
+        raise _timed_out(path, timeout) from None
+    return proc.returncode, (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["killed"])[-1]
+
+
+def _rehearse_forked(path: Path, memory_limit_mb: int, timeout: float) -> tuple[int, str]:
+    import faulthandler
+    import select
+    import signal
+    import time
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into the caller's code
+        code = 4
+        try:
+            os.close(read_end)
+            faulthandler.disable()  # a crafted file that crashes the build must not dump into the caller's log
+            code, message = _build_limited(str(path), memory_limit_mb)
+            os.write(write_end, message.encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise _timed_out(path, timeout)
+            ready, _, _ = select.select([read_end], [], [], left)
+            if ready:
+                data = os.read(read_end, 4096)
+                if not data:
+                    break
+                chunks.append(data)
+    finally:
+        os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    text = b"".join(chunks).decode("utf-8", "replace").strip()
+    if code < 0:
+        text = f"killed by signal {-code}"
+    return code, (text.splitlines() or ["killed"])[-1]
 
 
 def _objects(root: Any, limit: int = 1_000_000) -> Iterator[Any]:
@@ -395,8 +456,8 @@ def load_model_dir(model_dir: str | os.PathLike[str], *, expected_digest: str | 
     return model
 
 
-def _child(path: str, memory_limit_mb: int) -> int:
-    """``python -m shared.model_file PATH MB``: audit and build once under an address-space limit."""
+def _build_limited(path: str, memory_limit_mb: int) -> tuple[int, str]:
+    """Audit and build once under an address-space limit: (exit code, one line saying why)."""
     import resource
 
     import sklearn  # noqa: F401  (imported before the limit: its own mappings are not the model's)
@@ -407,19 +468,22 @@ def _child(path: str, memory_limit_mb: int) -> int:
     limit = current + memory_limit_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        names = audit(path)
+        names = audit(Path(path))
         check_structure(skops.io.load(path, trusted=names))
     except MemoryError:
-        sys.stdout.write("MemoryError: the model asks for more memory than the limit\n")
-        return 3
+        return 3, "MemoryError: the model asks for more memory than the limit"
     except ModelFileRefused as exc:
-        sys.stdout.write(f"{str(exc).removeprefix(f'model file {Path(path).name} refused: ')}\n")
-        return 2
+        return 2, str(exc).removeprefix(f"model file {Path(path).name} refused: ")
     except Exception as exc:  # noqa: BLE001 - only the class is reported: the text may echo file content
-        sys.stdout.write(f"{type(exc).__name__}\n")
-        return 4
-    sys.stdout.write("ok\n")
-    return 0
+        return 4, type(exc).__name__
+    return 0, "ok"
+
+
+def _child(path: str, memory_limit_mb: int) -> int:
+    """``python -m shared.model_file PATH MB``: the spawned rehearsal."""
+    code, message = _build_limited(path, memory_limit_mb)
+    sys.stdout.write(message + "\n")
+    return code
 
 
 if __name__ == "__main__":

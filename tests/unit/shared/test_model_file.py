@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,12 +22,14 @@ import pytest
 import skops.io
 import yaml
 
+from shared import model_file
 from shared.model_file import (
     ModelFileRefused,
     ModelFileTampered,
     artifact_digest,
     audit,
     load_model_dir,
+    rehearse,
 )
 from shared.spec import load_spec
 from tests.malicious_models import CATALOGUE, naive_load
@@ -133,7 +139,45 @@ def test_an_allow_listed_file_that_needs_too_much_memory_is_refused_by_the_rehea
     audit(folder / "model.skops")
     with pytest.raises(ModelFileRefused, match="64 MB memory limit"):
         load_model_dir(folder, memory_limit_mb=64)
+    with pytest.raises(ModelFileRefused, match="64 MB memory limit"):  # the interpreter-per-load fallback
+        rehearse(folder / "model.skops", 64, method="spawn")
     assert load_model_dir(folder, memory_limit_mb=1024).predict_proba(X).shape == (len(X), 2)
+
+
+def test_the_forked_rehearsal_builds_a_genuine_model_while_other_threads_run(tmp_path, genuine):
+    """Serving rehearses on hot reload while request threads run: the fork keeps only the caller."""
+    folder = _model_dir(tmp_path / "m", genuine[0])
+    stop = threading.Event()
+    busy = threading.Thread(target=lambda: [sum(range(1000)) for _ in iter(stop.is_set, True)], daemon=True)
+    busy.start()
+    try:
+        for _ in range(3):
+            rehearse(folder / "model.skops", 512, method="fork")
+    finally:
+        stop.set()
+        busy.join()
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    ("crash", "killed by signal 11"), ("hang", "took over 2s"), ("exit", "building it under a 512 MB")])
+def test_a_rehearsal_that_crashes_hangs_or_dies_refuses_the_model_and_leaves_this_process_alone(
+        tmp_path, genuine, monkeypatch, behaviour, reason):
+    folder = _model_dir(tmp_path / "m", genuine[0])
+
+    def build(path, limit):  # runs in the forked child only
+        if behaviour == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if behaviour == "hang":
+            time.sleep(60)
+        os._exit(9)
+
+    monkeypatch.setattr(model_file, "_build_limited", build)
+    started = time.monotonic()
+    with pytest.raises(ModelFileRefused, match=reason):
+        rehearse(folder / "model.skops", 512, method="fork", timeout=2.0)
+    assert time.monotonic() - started < 30
+    with pytest.raises(ChildProcessError):  # nothing left behind to reap
+        os.waitpid(-1, os.WNOHANG)
 
 
 def test_a_changed_file_is_refused_as_tampered_and_names_the_digests(tmp_path, genuine):
