@@ -193,8 +193,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [MARK_BEGIN, "", f"Run {result['finished_at']} on {result['machine'].get('cpu', '?')} "
-             f"({result['machine'].get('cpus', '?')} CPUs), {result['rounds']} round(s) x {result['duration_s']} s per "
+    lines = [MARK_BEGIN, "", f"Run {result['finished_at']} on {result['machine'].get('cpu_model', '?')} "
+             f"({result['machine'].get('nproc', '?')} CPUs), {result['rounds']} round(s) x {result['duration_s']} s per "
              f"scenario, load average {result['load_1m'][0]} -> {result['load_1m'][1]}. "
              "`/health/live` probed every 10 ms from its own process; medians over rounds.", "",
              "| scenario | probe p50 ms | probe p99 ms | probe max ms | 503 p50 ms (flood's view) | responses |",

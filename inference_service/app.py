@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from inference_service import docs_ui, errors
 from inference_service.config import Settings
+from inference_service.cpu_slot import CpuSlot
 from inference_service.guard import Guard
 from inference_service.invocations import Signature
 from inference_service.model_loader import MlflowLoader
@@ -60,8 +61,9 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
             os.environ.setdefault(var, value)
         engine = make_engine(settings.feature_store_url, must_exist=True)
+        cpu_slot = CpuSlot(settings.cpu_slots)
         writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
-                                     flush_interval=settings.prediction_log_flush_seconds).start() \
+                                     flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot).start() \
             if settings.prediction_log else None
         store_guard = StoreGuard(engine, spec.name)
         if writer is not None:
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                                                         fast_path=settings.fast_path,
                                                         fast_path_tree_rows=settings.fast_path_tree_rows,
                                                         memory_limit_mb=settings.model_load_memory_mb),
-                          prediction_log=writer, obs=obs)
+                          prediction_log=writer, obs=obs, cpu_slot=cpu_slot)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload
         flusher = asyncio.create_task(obs.flush_access_log_periodically(), name="access-log")

@@ -28,6 +28,9 @@ class Settings(MlflowSettings):
     max_concurrent_large_requests: int | None = Field(default=None, ge=1, le=10_000, description=
                                                       "FTI_MAX_CONCURRENT_LARGE_REQUESTS: of those, requests with "
                                                       "a body over 64 KiB (batches); default: the number of CPUs")
+    cpu_slots: int = Field(default=1, ge=0, le=64, description="FTI_CPU_SLOTS: large-body decoding, batch "
+                           "scoring and prediction-log writing running at once beside the event loop (the rest wait "
+                           "in their threads, so probes stay fast); 0: no limit")
     request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, description="FTI_REQUEST_TIMEOUT_SECONDS: "
                                            "a request not answered in this time gets 504")
     max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024, description="FTI_MAX_HEADER_BYTES:"

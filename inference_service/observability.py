@@ -114,6 +114,12 @@ class RuntimeCollector(Collector):
             queue.add_metric([], float(stats.get("queued", 0)))
         yield info
         yield ready
+        slot = getattr(runtime, "cpu_slot", None) if runtime is not None else None
+        if slot is not None:
+            bypassed = CounterMetricFamily("fti_cpu_slot_bypassed", "Worker tasks that ran without a CPU slot after "
+                                           "waiting its patience (FTI_CPU_SLOTS; a slot holder was stuck)")
+            bypassed.add_metric([], float(slot.bypassed))
+            yield bypassed
         if plog is not None:
             yield log_written
             yield queue

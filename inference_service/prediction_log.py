@@ -48,6 +48,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from inference_service.cpu_slot import CpuSlot
 from shared.prediction_table import predictions
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ class _Remaining(Exception):
 
 class PredictionLogWriter:
     def __init__(self, engine: Engine, *, max_queue: int = 50_000, batch_size: int = 500,
-                 flush_interval: float = 0.2, block_seconds: float = 0.5, max_backoff: float = 5.0):
+                 flush_interval: float = 0.2, block_seconds: float = 0.5, max_backoff: float = 5.0,
+                 cpu_slot: CpuSlot | None = None):
         self.engine = engine
+        self.cpu_slot = cpu_slot or CpuSlot(0)  # building and inserting rows is GIL-heavy: see cpu_slot
         self.capacity = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -237,14 +240,16 @@ class PredictionLogWriter:
                                 return
                     continue
                 cpu = time.thread_time()
-                pending = self._build(chunks)
+                with self.cpu_slot.held():
+                    pending = self._build(chunks)
                 self._cpu += time.thread_time() - cpu
                 attempt = 0
                 continue
             head = pending[:self.batch_size]
             try:
                 cpu = time.thread_time()
-                self._write(head, retry=attempt > 0)
+                with self.cpu_slot.held():
+                    self._write(head, retry=attempt > 0)
                 self._cpu += time.thread_time() - cpu
                 pending = pending[len(head):]
                 backoff, attempt = 0.05, 0

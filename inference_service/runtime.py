@@ -37,6 +37,7 @@ from sqlalchemy.engine import Engine
 
 from inference_service import scoring
 from inference_service.config import Settings
+from inference_service.cpu_slot import CpuSlot
 from inference_service.model_loader import LoadedModel, ModelLoadError
 from inference_service.online import certificate_features
 from inference_service.prediction_log import PredictionLogWriter
@@ -68,6 +69,7 @@ class Runtime:
     online: Any = None  # inference_service.online_fast.OnlineFeatures, verified; replaced as a whole
     store_guard: Any = None  # inference_service.store_guard.StoreGuard: the store is the one opened, unchanged
     integrity_error: str | None = None  # set while the store guard finds a problem: not ready, /predict 503
+    cpu_slot: CpuSlot = field(default_factory=CpuSlot)  # shared with the prediction log's writer
 
     def __post_init__(self) -> None:
         self._swap = threading.Lock()  # read-modify-write of ``model`` (confirm, fast-path upgrade) stays whole

@@ -22,7 +22,6 @@ from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from inference_service import body as body_codec
 from inference_service import invocations as inv
@@ -118,7 +117,7 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
         if len(raw) <= INLINE_MAX_BYTES and mime != "application/vnd.apache.parquet":
             n, canonical = _decode(mime, raw, signature, max_rows)
         else:  # off the event loop: a large body never holds up the probes
-            n, canonical = await run_in_threadpool(_decode, mime, raw, signature, max_rows)
+            n, canonical = await runtime.cpu_slot.in_worker(_decode, mime, raw, signature, max_rows)
     except inv.InvocationError as exc:
         return exc.status, _error_body(exc.error_code, str(exc), exc.problems), headers, \
             {"error": exc.error_code, "model_name": model.name}
@@ -126,7 +125,7 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
         if n <= INLINE_MAX_ROWS:
             proba, body = _score_encoded(model, canonical, n)
         else:  # scoring and the response's JSON both off the event loop
-            proba, body = await run_in_threadpool(_score_encoded, model, canonical, n)
+            proba, body = await runtime.cpu_slot.in_worker(_score_encoded, model, canonical, n)
     except ValueError as exc:  # e.g. values that overflow to infinity once scaled (LogisticRegression)
         log.warning("model refused the input (request %s): %s", request_id, str(exc)[:300])
         return 400, _error_body("INVALID_PARAMETER_VALUE", "the model cannot score these rows: "

@@ -21,7 +21,6 @@ from typing import Any
 
 import pandas as pd
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from inference_service import body as body_codec
@@ -139,7 +138,7 @@ async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, 
         if len(raw) <= body_codec.STREAM_MIN_BYTES:
             payload = body_codec.decode(raw)
         else:  # off the event loop, a record at a time, stopping at the first record past the limit
-            payload = await run_in_threadpool(body_codec.decode, raw, limit)
+            payload = await runtime.cpu_slot.in_worker(body_codec.decode, raw, limit)
     except body_codec.BodyError as exc:
         return _error(exc.status, exc.code, str(exc))
     if not isinstance(payload, dict) or set(payload) != {"records"}:
@@ -153,7 +152,7 @@ async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, 
         if len(records) <= INLINE_MAX_RECORDS and runtime.online_for(model) is not None:
             result, body = _predict_encoded(runtime, model, records, request_id)  # ~1 ms: a hop costs more
         else:  # scoring and the response's JSON (milliseconds for 1,000 records) both off the event loop
-            result, body = await run_in_threadpool(_predict_encoded, runtime, model, records, request_id)
+            result, body = await runtime.cpu_slot.in_worker(_predict_encoded, runtime, model, records, request_id)
     except RawDataError as exc:
         return _error(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
                       [p.as_dict() for p in exc.problems])

@@ -4,6 +4,7 @@ no subprocess, no port. The over-HTTP behaviour (uvicorn, slow clients, headers)
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -192,3 +193,37 @@ def test_docs_are_served_without_any_external_host(app: dict[str, Any]) -> None:
     openapi = client.get("/openapi.json")
     assert openapi.status_code == 200 and "/predict" in openapi.json()["paths"]
     assert client.get("/redoc").status_code == 404
+
+
+def test_work_sent_off_the_event_loop_holds_the_cpu_slot(app: dict[str, Any]) -> None:
+    """Parquet is always decoded in a worker thread: that decode, like batch scoring, holds the runtime's
+    CPU slot (so probes compete with one busy thread at most), and /metrics counts bypasses."""
+    import pandas as pd
+
+    from inference_service.cpu_slot import CpuSlot
+    from inference_service.invocations import Signature
+
+    client, spec = app["client"], app["spec"]
+    calls: list[str] = []
+
+    class Recording(CpuSlot):
+        def call(self, fn: Any, *args: Any) -> Any:
+            calls.append(getattr(fn, "__name__", repr(fn)))
+            return super().call(fn, *args)
+
+    runtime = client.app.state.runtime
+    old, runtime.cpu_slot = runtime.cpu_slot, Recording(1)
+    try:
+        cols = Signature.from_spec(spec).columns
+        frame = pd.DataFrame([{c.name: (True if c.is_bool else (int(c.min) + 1 if c.min is not None else 1)
+                                        if c.numeric else "x") for c in cols}] * 3)
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        r = client.post("/invocations", content=buf.getvalue(),
+                        headers={"Content-Type": "application/vnd.apache.parquet"})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 3
+    finally:
+        runtime.cpu_slot = old
+    assert calls == ["_decode"]  # 3 rows are then scored inline, on the loop
+    assert "fti_cpu_slot_bypassed_total 0.0" in client.get("/metrics").text
