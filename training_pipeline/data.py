@@ -21,14 +21,14 @@ class Dataset:
     y_train: np.ndarray
     X_test: pd.DataFrame
     y_test: np.ndarray
+    unlabeled: int = 0  # rows of the version without a label yet (kept in the version, not trained on)
 
 
 def labels(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """Label column -> int64 when every value is integral, else str."""
     col = frame[spec.label]
-    if col.isna().any():
-        raise ValueError(f"label {spec.label!r} is missing in {int(col.isna().sum())} feature rows; "
-                         "declare it 'nullable: false' so the feature job rejects such rows")
+    if col.isna().any():  # prepare() drops them first: reaching here is a bug, not a data problem
+        raise ValueError(f"label {spec.label!r} is missing in {int(col.isna().sum())} rows of a labeled split")
     if col.dtype.kind == "f" and np.all(np.floor(col.to_numpy()) == col.to_numpy()):
         return col.to_numpy().astype(np.int64)
     return col.astype(str).to_numpy(dtype=object)
@@ -54,11 +54,21 @@ def load(engine, spec: DatasetSpec, version: int | None) -> Dataset:  # type: ig
 
 
 def prepare(frame: pd.DataFrame, spec: DatasetSpec, info: ft.VersionInfo) -> Dataset:
-    """A feature version's canonical rows -> the deterministic split (``fti train`` and ``fti reproduce``)."""
+    """A feature version's canonical rows -> the deterministic split (``fti train`` and ``fti reproduce``).
+
+    Rows whose label has not arrived yet (a nullable label, missing) stay in the feature version --
+    they are what serving sees -- but are not trained or evaluated on; ``unlabeled`` counts them."""
+    missing = frame[spec.label].isna()
+    unlabeled = int(missing.sum())
+    if unlabeled == len(frame):
+        raise ValueError(f"feature version {info.version} of {spec.name!r} has no labeled rows: all {len(frame)} "
+                         f"have no {spec.label!r} yet; build a version once labels have arrived")
+    if unlabeled:
+        frame = frame.loc[~missing.to_numpy()].reset_index(drop=True)
     train, test = split(frame, spec)
     y_train, y_test = labels(train, spec), labels(test, spec)
     if len(np.unique(y_train)) < 2:
         raise ValueError(f"the training split of version {info.version} holds a single class; "
                          "more data or another split is needed")
     cols = spec.model_features
-    return Dataset(info, train, test, train[cols], y_train, test[cols], y_test)
+    return Dataset(info, train, test, train[cols], y_train, test[cols], y_test, unlabeled)

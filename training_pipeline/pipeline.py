@@ -156,8 +156,9 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
         existing = find_trained(loaded, info)
         if existing is not None:
             raise AlreadyTrained(spec.model.name, existing, info.version)
-    log.info("[1/5] read feature version %d of %r: %d train / %d evaluation rows", info.version, spec.name,
-             len(data.X_train), len(data.X_test))
+    log.info("[1/5] read feature version %d of %r: %d train / %d evaluation rows%s", info.version, spec.name,
+             len(data.X_train), len(data.X_test),
+             f" ({data.unlabeled} rows without a label yet skipped)" if data.unlabeled else "")
 
     fitted = fit_evaluate(spec, data)
     primary = spec.model.primary_metric
@@ -187,6 +188,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         run_id = active.info.run_id
         mlflow.set_tags(tags)
         mlflow.log_params(flat_params(loaded, len(data.X_train), len(data.X_test)))
+        mlflow.log_param("n_unlabeled_skipped", data.unlabeled)  # not in flat_params: older runs lack it
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         reg.log_feature_inputs(spec, data)
         for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed,
