@@ -19,6 +19,7 @@ from typing import Any
 
 from shared import fingerprint
 from shared.certificate import CERTIFICATE_FILE
+from shared.labels import positive_index
 from shared.registry_contract import TAG_PREFIX, Artifact, Tag
 from shared.spec import DatasetSpec
 
@@ -55,6 +56,16 @@ class LoadedModel:
     def trained_feature_version(self) -> int | None:
         v = self.tags.get(Tag.FEATURE_VERSION)
         return int(v) if v and v.isdigit() else None
+
+    @property
+    def positive_index(self) -> int:
+        """Binary: the column of ``predict_proba`` that is the score (``fti.positive_class``; default the last)."""
+        if len(self.classes) != 2:
+            return -1
+        try:
+            return positive_index(self.classes, self.tags.get(Tag.POSITIVE_CLASS))
+        except ValueError:  # a tag that names no class: the default, as before the tag existed
+            return len(self.classes) - 1
 
     def lineage(self) -> dict[str, Any]:
         return {k.removeprefix(TAG_PREFIX): v for k, v in sorted(self.tags.items()) if k.startswith(TAG_PREFIX)}

@@ -59,10 +59,10 @@ class ScoreHistogram(Collector):
         self._edges = np.asarray(SCORE_BUCKETS, dtype=np.float64)
         self._series: dict[tuple[str, str], list[Any]] = {}  # (endpoint, version) -> [counts, sum]
 
-    def observe(self, endpoint: str, version: str, proba: np.ndarray) -> None:
+    def observe(self, endpoint: str, version: str, proba: np.ndarray, positive: int = -1) -> None:
         if proba.ndim != 2 or proba.shape[0] == 0:
             return
-        scores = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
+        scores = proba[:, positive] if proba.shape[1] == 2 else proba.max(axis=1)
         counts = np.bincount(np.searchsorted(self._edges, scores, side="left"), minlength=len(self._edges) + 1)
         total = float(scores.sum())
         with self._lock:
@@ -167,9 +167,10 @@ class Observability:
             await asyncio.sleep(ACCESS_LOG_FLUSH_SECONDS)
             self.flush_access_log()
 
-    def scored(self, endpoint: str, version: str, proba: np.ndarray) -> None:
+    def scored(self, endpoint: str, version: str, proba: np.ndarray, positive: int = -1) -> None:
+        """``positive``: binary models' score column (``LoadedModel.positive_index``)."""
         self.rows.labels(endpoint, version).inc(len(proba))
-        self.scores.observe(endpoint, version, proba)
+        self.scores.observe(endpoint, version, proba, positive)
 
 
 class ObserveRequests:

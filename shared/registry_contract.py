@@ -27,6 +27,7 @@ class Tag(StrEnum):
     SHARED_VERSION = "fti.shared_version"
     RUN_ID = "fti.run_id"
     VALIDATED = "fti.validated"
+    POSITIVE_CLASS = "fti.positive_class"  # binary labels: the class the score is the probability of
     ARTIFACT_SHA256 = "fti.artifact_sha256"  # shared.model_file.artifact_digest of the registered model directory
     GATE_PROMOTED = "fti.gate.promoted"
     GATE_REASON = "fti.gate.reason"

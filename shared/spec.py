@@ -210,6 +210,9 @@ class SplitSpec(_Model):
 PrimaryMetric = Literal["roc_auc", "average_precision", "log_loss", "f1", "accuracy"]
 
 
+_ADDED_LATER = (("model", "positive_class"),)
+
+
 class ModelSpec(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")]
     estimator: EstimatorSpec
@@ -220,6 +223,9 @@ class ModelSpec(_Model):
     primary_metric: PrimaryMetric = "roc_auc"
     split: SplitSpec = Field(default_factory=SplitSpec)
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    # Binary labels: the class whose probability is the score and whose detection the metrics describe
+    # (roc_auc, average_precision, f1, precision, recall, brier). Default: the last in sorted order.
+    positive_class: str | int | bool | None = None
 
 
 class DatasetSpec(_Model):
@@ -403,6 +409,11 @@ class DatasetSpec(_Model):
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec as written (before ${VAR} expansion)."""
         data = self.model_dump(mode="json", by_alias=True)
+        # Settings added after a spec format shipped are left out while unset, so a spec that does not
+        # use them keeps the hash its models were registered with (fti reproduce compares it).
+        for section, key in _ADDED_LATER:
+            if data.get(section, {}).get(key) is None:
+                data[section].pop(key, None)
         # Column order decides the default feature order, so it is part of the content.
         data["columns"] = [[name, col] for name, col in data["columns"].items()]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

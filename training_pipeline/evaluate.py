@@ -9,18 +9,19 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from shared.labels import positive_index
 from training_pipeline.importance import permutation_importance
 
 LOWER_IS_BETTER = {"log_loss", "brier"}
 
 
-def positive_index(classes: np.ndarray) -> int:
-    """Binary problems: the positive class is the last in sorted order (1, 'yes', True)."""
-    return len(classes) - 1
+def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
+                ) -> dict[str, Callable[[], float]]:
+    """Each metric as a thunk: all of them for the run, one for the permutation importance.
 
-
-def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, Callable[[], float]]:
-    """Each metric as a thunk: all of them for the run, one for the permutation importance."""
+    Binary: roc_auc, average_precision, f1, precision, recall and brier describe ``positive_class``
+    (``model.positive_class``; default the last class). Multi-class: roc_auc is one-vs-rest macro,
+    average_precision macro over classes, f1 macro."""
     pred = classes[np.argmax(proba, axis=1)]
     fns: dict[str, Callable[[], float]] = {
         "accuracy": lambda: float(skm.accuracy_score(y_true, pred)),
@@ -28,8 +29,9 @@ def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> d
         "n_eval": lambda: float(len(y_true)),
     }
     if len(classes) == 2:
-        pos = classes[positive_index(classes)]
-        score = proba[:, positive_index(classes)]
+        k = positive_index(classes, positive_class)
+        pos = classes[k]
+        score = proba[:, k]
         y_bin = (y_true == pos).astype(int)
         fns.update({
             "roc_auc": lambda: float(skm.roc_auc_score(y_bin, score)) if len(np.unique(y_bin)) == 2
@@ -51,13 +53,15 @@ def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> d
     return fns
 
 
-def compute_metrics(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    return {name: fn() for name, fn in _metric_fns(classes, y_true, proba).items()}
+def compute_metrics(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
+                    ) -> dict[str, float]:
+    return {name: fn() for name, fn in _metric_fns(classes, y_true, proba, positive_class).items()}
 
 
-def metric_value(metric: str, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> float:
+def metric_value(metric: str, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray,
+                 positive_class: Any = None) -> float:
     """One metric, computed as :func:`compute_metrics` computes it."""
-    return _metric_fns(classes, y_true, proba)[metric]()
+    return _metric_fns(classes, y_true, proba, positive_class)[metric]()
 
 
 def better_or_equal(metric: str, new: float, old: float) -> bool:
@@ -69,7 +73,7 @@ def better_or_equal(metric: str, new: float, old: float) -> bool:
 
 
 def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *, seed: int,
-            primary_metric: str) -> dict[str, Any]:
+            primary_metric: str, positive_class: Any = None) -> dict[str, Any]:
     """ROC / PR curves, confusion matrix and permutation feature importance."""
     import matplotlib
 
@@ -79,9 +83,10 @@ def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *
     classes = pipe.classes_
     figs: dict[str, Any] = {}
     if len(classes) == 2:
-        pos = classes[positive_index(classes)]
+        k = positive_index(classes, positive_class)
+        pos = classes[k]
         y_bin = (y_true == pos).astype(int)
-        score = proba[:, positive_index(classes)]
+        score = proba[:, k]
         fig, ax = plt.subplots(figsize=(5, 5))
         skm.RocCurveDisplay.from_predictions(y_bin, score, ax=ax, name="model")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
@@ -106,7 +111,7 @@ def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *
     sample = X if len(X) <= 3000 else X.sample(3000, random_state=seed)
     y_sample = y_true if len(X) <= 3000 else y_true[sample.index.to_numpy()]
     def scoring(est: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
-        value = metric_value(primary_metric, est.classes_, y_, est.predict_proba(X_))
+        value = metric_value(primary_metric, est.classes_, y_, est.predict_proba(X_), positive_class)
         return -value if primary_metric in LOWER_IS_BETTER else value
 
     imp = permutation_importance(pipe, sample, y_sample, scoring, n_repeats=3, seed=seed)

@@ -22,6 +22,7 @@ from shared import certificate as certmod
 from shared import feature_table as ft
 from shared import fingerprint, rowwise
 from shared.db import make_engine
+from shared.labels import check_binary, positive_index
 from shared.provenance import code_commit, shared_version
 from shared.registry_contract import ENV_TAG_PREFIX, LIB_TAG_PREFIX, Artifact, Tag
 from shared.spec import DatasetSpec, LoadedSpec
@@ -110,7 +111,8 @@ def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
     pipe = build_pipeline(spec)
     pipe.fit(data.X_train, data.y_train)
     proba = rowwise.predict_proba(pipe, data.X_test)  # each row as if scored alone
-    metrics = compute_metrics(pipe.classes_, data.y_test, proba)
+    check_binary(pipe.classes_, spec.model.positive_class)
+    metrics = compute_metrics(pipe.classes_, data.y_test, proba, spec.model.positive_class)
     return Fitted(pipe, proba, metrics, time.perf_counter() - t0)
 
 
@@ -191,8 +193,8 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         mlflow.log_param("n_unlabeled_skipped", data.unlabeled)  # not in flat_params: older runs lack it
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         reg.log_feature_inputs(spec, data)
-        for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed,
-                                 primary_metric=primary).items():
+        for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed, primary_metric=primary,
+                                 positive_class=spec.model.positive_class).items():
             mlflow.log_figure(fig, path)
         reg.log_file(loaded.path, "spec")
         reg.log_json(info.as_dict(), Artifact.FEATURE_VERSION)
@@ -211,13 +213,18 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
             model_info = reg.log_model(pipe, spec, data.X_train.head(50), extra_files=paths)
         mv = reg.register(model_info.model_uri, spec.model.name, {**tags, Tag.RUN_ID: run_id})
         digest = reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
-        reg.set_version_tags(spec.model.name, mv.version, {Tag.ARTIFACT_SHA256: digest, Tag.VALIDATED: "true"})
+        version_tags: dict[str, str] = {Tag.ARTIFACT_SHA256: digest, Tag.VALIDATED: "true"}
+        if len(pipe.classes_) == 2:
+            version_tags[Tag.POSITIVE_CLASS] = str(pipe.classes_[positive_index(pipe.classes_,
+                                                                                spec.model.positive_class)])
+        reg.set_version_tags(spec.model.name, mv.version, version_tags)
         log.info("[4/5] registered %s version %s (registry round trip: identical predictions)",
                  spec.model.name, mv.version)
 
         decision = reg.gate(spec.model.name, settings.model_alias, metric=primary, candidate_score=metrics[primary],
                             X=data.X_test, y=data.y_test, policy=promote,
-                            memory_limit_mb=settings.model_load_memory_mb)
+                            memory_limit_mb=settings.model_load_memory_mb,
+                            positive_class=spec.model.positive_class)
         gate_tags: dict[str, str] = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
                      Tag.GATE_CHAMPION_VERSION: str(decision.champion_version or "")}
         mlflow.set_tags(gate_tags)

@@ -196,7 +196,7 @@ def champion(name: str, alias: str) -> Any | None:
 
 
 def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.DataFrame, y: np.ndarray,
-         policy: str, memory_limit_mb: int = 2048) -> GateDecision:
+         policy: str, memory_limit_mb: int = 2048, positive_class: Any = None) -> GateDecision:
     """Compare with the current champion on the candidate's evaluation data."""
     from training_pipeline.evaluate import compute_metrics
 
@@ -227,7 +227,15 @@ def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.Da
         return GateDecision(False, f"champion v{current.version} cannot score this evaluation data (it needs "
                                    f"{missing[:5]}); pass --promote always to replace it", metric,
                             candidate_score, current.version)
-    old_score = compute_metrics(old.classes_, y, rowwise.predict_proba(old, X[wanted] if wanted else X))[metric]
+    try:
+        old_score = compute_metrics(old.classes_, y, rowwise.predict_proba(old, X[wanted] if wanted else X),
+                                    positive_class)[metric]
+    except ValueError as exc:  # e.g. the champion was trained on other classes than the candidate's label
+        if policy == "always":
+            return GateDecision(True, f"--promote always; champion v{current.version} cannot be scored on this "
+                                      f"evaluation data ({exc})", metric, candidate_score, current.version)
+        return GateDecision(False, f"champion v{current.version} cannot be scored on this evaluation data ({exc}); "
+                                   "pass --promote always to replace it", metric, candidate_score, current.version)
     ok = better_or_equal(metric, candidate_score, old_score)
     if policy == "always":
         return GateDecision(True, f"--promote always (candidate {candidate_score:.6f} vs champion "

@@ -131,7 +131,7 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
         return 400, _error_body("INVALID_PARAMETER_VALUE", "the model cannot score these rows: "
                                 f"{str(exc).splitlines()[0][:200]}"), headers, \
             {"error": "model_refused_input", "model_name": model.name}
-    obs.scored("/invocations", model.version, proba)
+    obs.scored("/invocations", model.version, proba, model.positive_index)
     return 200, body, headers, {"model_name": model.name, "rows": n}
 
 

@@ -164,7 +164,7 @@ async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, 
         log.error("feature store unavailable (request %s): %s", request_id, exc)
         return _error(503, "feature_store_unavailable", "history features cannot be read right now",
                       headers={"Retry-After": "5"})
-    obs.scored("/predict", model.version, result["_proba"])
+    obs.scored("/predict", model.version, result["_proba"], model.positive_index)
     ids = [p["prediction_id"] for p in result["predictions"]]
     fields: dict[str, Any] = {"model_name": model.name, "rows": len(records),
                               "feature_version": result["feature_version"],
