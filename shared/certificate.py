@@ -253,8 +253,9 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
         if problems:
             raise RawDataError(problems.items, row_label="coverage record", context="parity certificate")
         flags = np.asarray(cov_live, dtype=bool)
-        cov = pd.concat([compute_online(frame[~flags].reset_index(drop=True), pool, spec, replay=True),
-                         compute_online(frame[flags].reset_index(drop=True), pool, spec, replay=False)],
+        # Either part can be empty (one row per entity: no record has a live history to cover).
+        cov = pd.concat([compute_online(part.reset_index(drop=True), pool, spec, replay=replay)
+                         for part, replay in ((frame[~flags], True), (frame[flags], False)) if len(part)],
                         ignore_index=True)
         order = [i for i in range(len(cov_records)) if not cov_live[i]] + [i for i in range(len(cov_records))
                                                                              if cov_live[i]]

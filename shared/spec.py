@@ -275,8 +275,17 @@ class DatasetSpec(_Model):
                 errors.append(f"{role} {name!r} must be declared 'nullable: false'")
         if self.source.ingestion_time is not None:
             need(self.source.ingestion_time, "source.ingestion_time", {ColumnType.TIMESTAMP})
-        roles = [("record_id", self.record_id), ("entity_key", self.entity_key), ("label", self.label),
+        # One row per entity (a customer table, a loan application): record_id may be the entity key.
+        # History features then have no earlier row to aggregate, so they are refused rather than empty.
+        one_row_per_entity = self.record_id == self.entity_key
+        if one_row_per_entity and self.features.history:
+            errors.append(f"history features ({', '.join(h.name for h in self.features.history)}) need several "
+                          f"rows per entity, but record_id and entity_key are both {self.record_id!r} (one row per "
+                          "entity): remove features.history, or set entity_key to the column that groups rows")
+        roles = [("record_id", self.record_id), ("label", self.label),
                  ("event_time", self.event_time), ("source.ingestion_time", self.source.ingestion_time)]
+        if not one_row_per_entity:
+            roles.insert(1, ("entity_key", self.entity_key))
         by_col: dict[str, list[str]] = {}
         for role, col in roles:
             if col is not None:

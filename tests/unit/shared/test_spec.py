@@ -339,9 +339,11 @@ INVALID: dict[str, tuple[Mutation, str]] = {
     "time split without event_time": (
         _no_event_time_no_history,
         TOP + "model.split.method 'time' (the default) needs 'event_time'; use 'stratified' or 'random'"),
-    "record_id is entity_key": (
+    "record_id is entity_key with history features": (
         _set("entity_key", "claim_id"),
-        TOP + "column 'claim_id' cannot be both record_id and entity_key"),
+        TOP + "history features (prior_claims, prior_claims_90d, prior_claim_amount_sum, prior_claim_amount_max, "
+              "days_since_last_claim) need several rows per entity, but record_id and entity_key are both 'claim_id' "
+              "(one row per entity): remove features.history, or set entity_key to the column that groups rows"),
     "record_id is label": (
         _set("label", "claim_id"),
         TOP + "column 'claim_id' cannot be both record_id and label"),
