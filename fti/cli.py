@@ -85,6 +85,52 @@ def cmd_features_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spec_check(args: argparse.Namespace) -> int:
+    """Everything ``fti features run`` checks, and what ``fti train`` would need, without writing."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from feature_pipeline.pipeline import build, parse_as_of
+    from shared import feature_table as ft
+    from shared.exit_codes import ExitCode
+    from shared.labels import check_binary
+    from training_pipeline.data import labels
+
+    loaded = _spec(args.spec)
+    spec = loaded.spec
+    manifest, rows, warnings = build(loaded, as_of=parse_as_of(args.as_of), strict=args.strict)
+    frame = ft.decode_frame([SimpleNamespace(**r) for r in rows], spec)
+    has_label = frame[spec.label].notna().to_numpy()
+    # the classes as training reads them (integral floats -> integers)
+    labeled = pd.Series(labels(frame.loc[has_label], spec)).astype(str)
+    counts = labeled.value_counts().sort_index()
+    problems: list[str] = []
+    if not len(labeled):
+        problems.append(f"no row has a {spec.label!r} yet: `fti train` would refuse this version")
+    elif len(counts) < 2:
+        problems.append(f"every labeled row has {spec.label!r} = {counts.index[0]!r}: a classifier needs at least "
+                        "two classes")
+    else:
+        try:
+            check_binary(list(counts.index), spec.model.positive_class)
+        except ValueError as exc:
+            problems.append(str(exc))
+    print(f"spec {args.spec}: valid (dataset {spec.name!r}, spec hash {loaded.hash[:16]}...)")
+    print(f"source {manifest['source_location']}: {len(frame)} feature rows would be published "
+          f"(checksum {manifest['checksum'][:16]}...)")
+    print(f"label {spec.label!r}: " + ", ".join(f"{k!r} {v}" for k, v in counts.items())
+          + f"; {len(frame) - len(labeled)} rows without a label yet")
+    print(f"model {spec.model.name!r}: {spec.model.estimator.class_path} on {len(spec.model_features)} features "
+          f"({', '.join(spec.model_features[:8])}{', ...' if len(spec.model_features) > 8 else ''})")
+    for w in warnings:
+        print(f"warning: {w}")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print("nothing was written" + ("" if not problems else f"; {len(problems)} problem(s) to fix before training"))
+    return int(ExitCode.USER_ERROR) if problems else 0
+
+
 def cmd_features_list(args: argparse.Namespace) -> int:
     from feature_pipeline.config import Settings
     from shared import feature_table as ft
@@ -289,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--policyholders", type=int, default=4000, help="how many policyholders (default: 4000)")
     g.add_argument("--seed", type=int, default=42, help="random seed: the same seed writes the same file")
     g.set_defaults(func=cmd_data_generate)
+
+    spec_cmd = sub.add_parser("spec", help="dataset specs").add_subparsers(dest="action", required=True)
+    ck = spec_cmd.add_parser("check", help="validate the spec and its source as `fti features run` would, and "
+                             "what training needs (label classes), writing nothing (exit 0 ok, 3 problems)")
+    ck.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
+    ck.add_argument("--as-of", help="cutoff (ISO 8601): only rows that happened and arrived by then")
+    ck.add_argument("--strict", action="store_true", help="fail on source columns the spec does not declare")
+    ck.set_defaults(func=cmd_spec_check)
 
     feats = sub.add_parser("features", help="the feature pipeline").add_subparsers(dest="action", required=True)
     r = feats.add_parser("run", help="validate the source and publish a new immutable feature version")

@@ -93,6 +93,43 @@ def test_an_empty_store_lists_no_versions_and_says_what_to_run(tmp_path: Path, m
     assert capsys.readouterr().out.strip() == "[]"
 
 
+# ------------------------------------------------------------------------------------------ spec check
+
+
+def test_spec_check_reports_what_a_run_would_publish_and_writes_nothing(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_claims_spec(tmp_path / "spec", n_policyholders=60)
+    monkeypatch.setenv("FTI_DATA_DIR", str(tmp_path / "data"))
+    assert main(["spec", "check", "--spec", str(spec)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert ": valid (dataset 'claims'" in out and "feature rows would be published (checksum" in out
+    assert "label 'is_fraud': '0' " in out and "'1' " in out and "nothing was written" in out
+    assert not (tmp_path / "data").exists()  # no store, no MLflow database, no version
+    # the same checksum the feature job then publishes
+    checksum = out.split("(checksum ")[1][:16]
+    assert main(["features", "run", "--spec", str(spec)]) == ExitCode.OK
+    assert f"checksum {checksum}" in capsys.readouterr().out
+
+
+def test_spec_check_names_what_training_would_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    spec = write_claims_spec(tmp_path / "spec", n_policyholders=60, overrides={"model.positive_class": "yes"})
+    monkeypatch.setenv("FTI_DATA_DIR", str(tmp_path / "data"))
+    assert main(["spec", "check", "--spec", str(spec)]) == ExitCode.USER_ERROR
+    captured = capsys.readouterr()
+    assert "problem: model.positive_class 'yes' is not one of the label's classes ['0', '1']" in captured.err
+    assert "1 problem(s) to fix before training" in captured.out
+    data = yaml.safe_load(spec.read_text())
+    data["columns"]["claim_amount"]["min"] = 10**9  # every row out of bounds: the feature job's own error
+    data["model"].pop("positive_class")
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["spec", "check", "--spec", str(spec)]) == ExitCode.USER_ERROR
+    assert "claim_amount" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ threads
 
 
@@ -135,13 +172,15 @@ COMMANDS = [["data", "generate", "--spec", "{spec}"], ["features", "run", "--spe
             ["features", "list", "--spec", "{spec}"], ["features", "show", "--spec", "{spec}"],
             ["train", "--spec", "{spec}"], ["reproduce", "m/1", "--spec", "{spec}"],
             ["serve", "--spec", "{spec}"], ["predict-batch", "--spec", "{spec}"],
-            ["lineage", "0" * 32, "--spec", "{spec}"], ["features", "migrate"], ["keys", "new", "--id", "k"]]
+            ["lineage", "0" * 32, "--spec", "{spec}"], ["features", "migrate"], ["keys", "new", "--id", "k"],
+            ["spec", "check", "--spec", "{spec}"]]
 
 
 def test_every_command_covered() -> None:
     parser_commands = {p for p, sub in _subparsers(build_parser()) if p and not any(
         isinstance(a, argparse._SubParsersAction) for a in sub._actions)}
-    assert parser_commands == {tuple(c[:2]) if c[0] in ("data", "features", "keys") else (c[0],) for c in COMMANDS}
+    assert parser_commands == {tuple(c[:2]) if c[0] in ("data", "features", "keys", "spec") else (c[0],)
+                               for c in COMMANDS}
 
 
 # In the quick tier: one command per service (each start costs ~2 s); the full suite runs them all.
