@@ -20,6 +20,7 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from shared.exit_codes import ExitCode
@@ -129,6 +130,40 @@ def cmd_spec_check(args: argparse.Namespace) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     print("nothing was written" + ("" if not problems else f"; {len(problems)} problem(s) to fix before training"))
     return int(ExitCode.USER_ERROR) if problems else 0
+
+
+def cmd_spec_init(args: argparse.Namespace) -> int:
+    import yaml
+
+    from fti.spec_init import SpecInitError, draft
+    from shared.exit_codes import ExitCode
+    from shared.spec import DatasetSpec
+
+    source = Path(args.source)
+    if not source.is_file():
+        print(f"fti: error: {source} is not a file", file=sys.stderr)
+        return int(ExitCode.USER_ERROR)
+    out = Path(args.out) if args.out else source.with_suffix(".yaml")
+    if out.exists() and not args.force:
+        print(f"fti: error: {out} exists; pass --force to replace it, or --out another path", file=sys.stderr)
+        return int(ExitCode.USER_ERROR)
+    try:
+        spec, notes = draft(source, args.label, record_id=args.record_id, entity_key=args.entity_key,
+                            event_time=args.event_time, name=args.name)
+    except SpecInitError as exc:
+        print(f"fti: error: {exc}", file=sys.stderr)
+        return int(ExitCode.USER_ERROR)
+    spec["source"]["path"] = os.path.relpath(source.resolve(), out.resolve().parent)
+    DatasetSpec.model_validate(spec)  # a draft that does not load is a bug here, not the user's problem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Drafted by `fti spec init --source {source} --label {args.label}`: read it, then edit.\n"
+              "# Types come from the data; no min/max bounds are set (the observed range is in each description).\n"
+              "# Check it, writing nothing: fti spec check --spec " + str(out) + "\n")
+    out.write_text(header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {out}: {len(spec['columns'])} columns; next: fti spec check --spec {out}")
+    return 0
 
 
 def cmd_features_list(args: argparse.Namespace) -> int:
@@ -343,6 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--as-of", help="cutoff (ISO 8601): only rows that happened and arrived by then")
     ck.add_argument("--strict", action="store_true", help="fail on source columns the spec does not declare")
     ck.set_defaults(func=cmd_spec_check)
+    si = spec_cmd.add_parser("init", help="draft a spec from a CSV file (types, roles, no bounds) for you to edit")
+    si.add_argument("--source", required=True, help="the CSV file")
+    si.add_argument("--label", required=True, help="the column the model predicts")
+    si.add_argument("--record-id", help="the column unique per row (default: the first column that is)")
+    si.add_argument("--entity-key", help="the column grouping rows by entity (default: the record id: one row each)")
+    si.add_argument("--event-time", help="the ISO timestamp column of each row's event (default: none)")
+    si.add_argument("--name", help="the dataset name (default: from the file name)")
+    si.add_argument("--out", help="where to write the spec (default: the source path with .yaml)")
+    si.add_argument("--force", action="store_true", help="replace an existing file at --out")
+    si.set_defaults(func=cmd_spec_init)
 
     feats = sub.add_parser("features", help="the feature pipeline").add_subparsers(dest="action", required=True)
     r = feats.add_parser("run", help="validate the source and publish a new immutable feature version")

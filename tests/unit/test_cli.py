@@ -173,7 +173,7 @@ COMMANDS = [["data", "generate", "--spec", "{spec}"], ["features", "run", "--spe
             ["train", "--spec", "{spec}"], ["reproduce", "m/1", "--spec", "{spec}"],
             ["serve", "--spec", "{spec}"], ["predict-batch", "--spec", "{spec}"],
             ["lineage", "0" * 32, "--spec", "{spec}"], ["features", "migrate"], ["keys", "new", "--id", "k"],
-            ["spec", "check", "--spec", "{spec}"]]
+            ["spec", "check", "--spec", "{spec}"], ["spec", "init", "--source", "{spec}", "--label", "y"]]
 
 
 def test_every_command_covered() -> None:
