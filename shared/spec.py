@@ -210,7 +210,9 @@ class SplitSpec(_Model):
 PrimaryMetric = Literal["roc_auc", "average_precision", "log_loss", "f1", "accuracy"]
 
 
-_ADDED_LATER = (("model", "positive_class"),)
+#: (section, key) -> default: settings added after the spec format shipped, left out of the content hash
+#: while they hold their default.
+_ADDED_LATER = {("model", "positive_class"): None, ("model", "repeats"): 1}
 
 
 class ModelSpec(_Model):
@@ -226,6 +228,9 @@ class ModelSpec(_Model):
     # Binary labels: the class whose probability is the score and whose detection the metrics describe
     # (roc_auc, average_precision, f1, precision, recall, brier). Default: the last in sorted order.
     positive_class: str | int | bool | None = None
+    # Fits with seeds seed, seed+1, ... on the same split, to report each metric's mean and standard
+    # deviation (metrics ``repeats.<metric>.mean``/``.sd``); the registered model is the ``seed`` one.
+    repeats: int = Field(default=1, ge=1, le=20)
 
 
 class DatasetSpec(_Model):
@@ -420,8 +425,8 @@ class DatasetSpec(_Model):
         data = self.model_dump(mode="json", by_alias=True)
         # Settings added after a spec format shipped are left out while unset, so a spec that does not
         # use them keeps the hash its models were registered with (fti reproduce compares it).
-        for section, key in _ADDED_LATER:
-            if data.get(section, {}).get(key) is None:
+        for (section, key), default in _ADDED_LATER.items():
+            if data.get(section, {}).get(key, default) == default:
                 data[section].pop(key, None)
         # Column order decides the default feature order, so it is part of the content.
         data["columns"] = [[name, col] for name, col in data["columns"].items()]

@@ -76,14 +76,19 @@ def lineage_tags(loaded: LoadedSpec, info: ft.VersionInfo, seed: int,
     return tags
 
 
-def flat_params(loaded: LoadedSpec, n_train: int, n_test: int) -> dict[str, Any]:
-    """The run's MLflow params (``fti reproduce`` recomputes and compares them)."""
+def flat_params(loaded: LoadedSpec, n_train: int, n_test: int, n_unlabeled: int = 0) -> dict[str, Any]:
+    """The run's MLflow params (``fti reproduce`` recomputes and compares them).
+
+    ``n_unlabeled_skipped`` only when rows were skipped: runs from before unlabeled rows were allowed
+    have no such param and must still reproduce IDENTICAL."""
     m = loaded.spec.model
     params: dict[str, Any] = {
         "estimator": m.estimator.class_path, "seed": m.seed, "split_method": m.split.method,
         "test_size": m.split.test_size, "primary_metric": m.primary_metric, "n_features": len(loaded.spec.model_features),
         "n_train": n_train, "n_eval": n_test,
     }
+    if n_unlabeled:
+        params["n_unlabeled_skipped"] = n_unlabeled
     for k, v in sorted(m.estimator.params.items()):
         params[f"estimator.{k}"] = v
     return params
@@ -113,7 +118,32 @@ def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
     proba = rowwise.predict_proba(pipe, data.X_test)  # each row as if scored alone
     check_binary(pipe.classes_, spec.model.positive_class)
     metrics = compute_metrics(pipe.classes_, data.y_test, proba, spec.model.positive_class)
+    if spec.model.repeats > 1:
+        metrics.update(repeat_metrics(spec, data, metrics))
     return Fitted(pipe, proba, metrics, time.perf_counter() - t0)
+
+
+def repeat_metrics(spec: DatasetSpec, data: Dataset, first: dict[str, float]) -> dict[str, float]:
+    """``model.repeats``: refit with seeds ``seed+1 ...`` on the same split; each metric's mean and sd
+    over all the fits (the first is the registered one). Part of :func:`fit_evaluate`, so ``fti
+    reproduce`` recomputes and compares them exactly like every other metric."""
+    runs = [first]
+    for i in range(1, spec.model.repeats):
+        seeded = spec.model_copy(update={"model": spec.model.model_copy(update={"seed": spec.model.seed + i})})
+        random.seed(seeded.model.seed)
+        np.random.seed(seeded.model.seed)
+        pipe = build_pipeline(seeded).fit(data.X_train, data.y_train)
+        runs.append(compute_metrics(pipe.classes_, data.y_test, rowwise.predict_proba(pipe, data.X_test),
+                                    spec.model.positive_class))
+        log.info("repeat %d/%d (seed %d): %s %.4f", i + 1, spec.model.repeats, seeded.model.seed,
+                 spec.model.primary_metric, runs[-1][spec.model.primary_metric])
+    out: dict[str, float] = {}
+    for name in first:
+        values = np.array([r[name] for r in runs], dtype=float)
+        if name != "n_eval" and np.all(np.isfinite(values)):
+            out[f"repeats.{name}.mean"] = float(values.mean())
+            out[f"repeats.{name}.sd"] = float(values.std(ddof=1))
+    return out
 
 
 class AlreadyTrained(Exception):
@@ -164,8 +194,10 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
 
     fitted = fit_evaluate(spec, data)
     primary = spec.model.primary_metric
-    log.info("[2/5] fitted %s in %.1fs: %s %.4f", spec.model.estimator.class_path.rsplit(".", 1)[-1],
-             fitted.seconds, primary, fitted.metrics[primary])
+    spread = f" (over {spec.model.repeats} seeds: {fitted.metrics[f'repeats.{primary}.mean']:.4f} +/- " \
+        f"{fitted.metrics[f'repeats.{primary}.sd']:.4f})" if f"repeats.{primary}.mean" in fitted.metrics else ""
+    log.info("[2/5] fitted %s in %.1fs: %s %.4f%s", spec.model.estimator.class_path.rsplit(".", 1)[-1],
+             fitted.seconds, primary, fitted.metrics[primary], spread)
     return log_and_register(loaded, settings, data, fitted, promote=promote, started=t0)
 
 
@@ -189,8 +221,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{spec.name}-fv{info.version}") as active:
         run_id = active.info.run_id
         mlflow.set_tags(tags)
-        mlflow.log_params(flat_params(loaded, len(data.X_train), len(data.X_test)))
-        mlflow.log_param("n_unlabeled_skipped", data.unlabeled)  # not in flat_params: older runs lack it
+        mlflow.log_params(flat_params(loaded, len(data.X_train), len(data.X_test), data.unlabeled))
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         reg.log_feature_inputs(spec, data)
         for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed, primary_metric=primary,

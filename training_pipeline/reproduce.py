@@ -753,7 +753,7 @@ def _compare_predictions(report: Report, spec: DatasetSpec, certificate: dict[st
 
 def _compare_params_metrics(report: Report, loaded: LoadedSpec, run: Any, dataset: Any, fitted: Fitted) -> None:
     recorded_params = dict(run.data.params or {})
-    reproduced = {k: str(v) for k, v in flat_params(loaded, len(dataset.X_train), len(dataset.X_test)).items()}
+    reproduced = {k: str(v) for k, v in flat_params(loaded, len(dataset.X_train), len(dataset.X_test), dataset.unlabeled).items()}
     changes = [{"name": k, "recorded": recorded_params.get(k), "reproduced": reproduced.get(k)}
                for k in sorted(set(recorded_params) | set(reproduced)) if recorded_params.get(k) != reproduced.get(k)]
     report.params = {"equal": not changes, "changes": changes, "count": len(reproduced)}

@@ -79,3 +79,6 @@ def test_a_source_with_rows_awaiting_their_label_publishes_and_trains(tmp_path):
         params = dict(conn.execute("select key, value from params").fetchall())
     assert params["n_unlabeled_skipped"] == "40"
     assert int(params["n_train"]) + int(params["n_eval"]) == len(frame) - 40
+    res = subprocess.run([*fti, "reproduce", "claims-fraud/1", "--spec", str(spec_path)], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).resolve().parents[3])
+    assert res.returncode == 0 and "IDENTICAL" in res.stdout, res.stdout[-3000:]
