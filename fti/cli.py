@@ -88,20 +88,18 @@ def cmd_features_run(args: argparse.Namespace) -> int:
 
 def cmd_spec_check(args: argparse.Namespace) -> int:
     """Everything ``fti features run`` checks, and what ``fti train`` would need, without writing."""
-    from types import SimpleNamespace
-
     import pandas as pd
 
     from feature_pipeline.pipeline import build, parse_as_of
-    from shared import feature_table as ft
     from shared.exit_codes import ExitCode
+    from shared.featureset import rows_frame
     from shared.labels import check_binary
     from training_pipeline.data import labels
 
     loaded = _spec(args.spec)
     spec = loaded.spec
     manifest, rows, warnings = build(loaded, as_of=parse_as_of(args.as_of), strict=args.strict)
-    frame = ft.decode_frame([SimpleNamespace(**r) for r in rows], spec)
+    frame = rows_frame(rows, spec)  # decoded exactly as training will read the stored rows
     has_label = frame[spec.label].notna().to_numpy()
     # the classes as training reads them (integral floats -> integers)
     labeled = pd.Series(labels(frame.loc[has_label], spec)).astype(str)
