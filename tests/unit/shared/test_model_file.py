@@ -172,12 +172,23 @@ def test_a_rehearsal_that_crashes_hangs_or_dies_refuses_the_model_and_leaves_thi
         os._exit(9)
 
     monkeypatch.setattr(model_file, "_build_limited", build)
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
     started = time.monotonic()
     with pytest.raises(ModelFileRefused, match=reason):
         rehearse(folder / "model.skops", 512, method="fork", timeout=2.0)
     assert time.monotonic() - started < 30
-    with pytest.raises(ChildProcessError):  # nothing left behind to reap
-        os.waitpid(-1, os.WNOHANG)
+    assert len(forked) == 1
+    with pytest.raises(ChildProcessError):  # the rehearsal's child was reaped: nothing left behind
+        os.waitpid(forked[0], os.WNOHANG)
 
 
 def test_a_changed_file_is_refused_as_tampered_and_names_the_digests(tmp_path, genuine):
