@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -303,7 +304,14 @@ def rehearse(path: Path, memory_limit_mb: int, *, timeout: float = 300.0, method
     a new interpreter's imports (about 3 s). The forked child touches nothing but the file, the
     allow-list and a pipe, and leaves with ``os._exit`` (no atexit handlers, no inherited buffers
     flushed). ``method="spawn"`` (or a platform without ``fork``) starts ``python -m shared.model_file``."""
-    method = method or ("fork" if hasattr(os, "fork") else "spawn")
+    if method is None:
+        # A fork copies only the calling thread; a lock another thread held at that moment (an import in
+        # progress, a library's own lock) stays held in the child forever. So fork only a process with no
+        # other thread -- the CLI jobs -- and start an interpreter from a multi-threaded server.
+        import threading
+
+        method = "fork" if hasattr(os, "fork") and threading.active_count() == 1 else "spawn"
+        logging.getLogger(__name__).debug("model rehearsal by %s (%d thread(s))", method, threading.active_count())
     if method == "fork":
         code, last = _rehearse_forked(path, memory_limit_mb, timeout)
     else:

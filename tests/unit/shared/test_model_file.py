@@ -145,7 +145,8 @@ def test_an_allow_listed_file_that_needs_too_much_memory_is_refused_by_the_rehea
 
 
 def test_the_forked_rehearsal_builds_a_genuine_model_while_other_threads_run(tmp_path, genuine):
-    """Serving rehearses on hot reload while request threads run: the fork keeps only the caller."""
+    """The fork keeps only the caller. (By default a multi-threaded process -- the server -- spawns an
+    interpreter instead: see the next test; a fork is chosen only where asked or single-threaded.)"""
     folder = _model_dir(tmp_path / "m", genuine[0])
     stop = threading.Event()
     busy = threading.Thread(target=lambda: [sum(range(1000)) for _ in iter(stop.is_set, True)], daemon=True)
@@ -156,6 +157,22 @@ def test_the_forked_rehearsal_builds_a_genuine_model_while_other_threads_run(tmp
     finally:
         stop.set()
         busy.join()
+
+
+def test_a_process_with_other_threads_rehearses_in_a_new_interpreter(tmp_path, genuine, monkeypatch):
+    folder = _model_dir(tmp_path / "m", genuine[0])
+    used: list[str] = []
+    monkeypatch.setattr(model_file, "_rehearse_spawned", lambda *a: (used.append("spawn"), (0, "ok"))[1])
+    monkeypatch.setattr(model_file, "_rehearse_forked", lambda *a: (used.append("fork"), (0, "ok"))[1])
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        rehearse(folder / "model.skops", 512)
+    finally:
+        stop.set()
+        other.join()
+    assert used == ["spawn"]
 
 
 @pytest.mark.parametrize(("behaviour", "reason"), [
