@@ -201,3 +201,27 @@ class mlflow_uris_restored:  # noqa: N801 - used as a context manager
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def assert_served_equals_registered(data_dir: Path, spec: Any, records: list[dict[str, Any]],
+                                    preds: list[dict[str, Any]], *, feature_version: int = 1,
+                                    model_version: int = 1) -> Any:
+    """``/predict``'s answers for ``records`` are, bit for bit, the registered model version's
+    ``predict_proba`` on the stored feature rows, each row scored alone; returns the pipeline."""
+    import mlflow
+    import numpy as np
+
+    from shared import feature_table as ft
+    from shared.db import make_engine
+
+    frame = ft.read_version(make_engine(f"sqlite:///{data_dir / 'features.db'}"), spec, feature_version)
+    frame = frame.set_index(frame[spec.record_id].astype(str))
+    mlflow.set_tracking_uri(f"sqlite:///{data_dir / 'mlflow.db'}")
+    pipeline = mlflow.sklearn.load_model(f"models:/{spec.model.name}/{model_version}")
+    ids = [str(rec[spec.record_id]) for rec in records]
+    assert [p["record_id"] for p in preds] == ids
+    X = frame.loc[ids, spec.model_features]
+    expected = np.vstack([pipeline.predict_proba(X.iloc[[i]]) for i in range(len(X))])
+    got = np.array([[p["probabilities"][c] for c in pipeline.classes_] for p in preds])
+    assert np.array_equal(got, expected)
+    return pipeline

@@ -8,15 +8,12 @@ import random
 import shutil
 
 import httpx
-import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
 
-from shared import feature_table as ft
-from shared.db import make_engine
 from shared.spec import DatasetSpec, load_spec
-from tests.helpers import CHURN_SPEC, Server, fti_env, raw_json_records, run_fti
+from tests.helpers import CHURN_SPEC, Server, assert_served_equals_registered, fti_env, raw_json_records, run_fti
 
 pytestmark = [pytest.mark.e2e]
 
@@ -35,8 +32,6 @@ def test_history_features_with_one_row_per_entity_are_refused_naming_the_fix():
 
 
 def test_record_id_equal_to_entity_key_goes_through_all_three_stages(tmp_path):
-    import mlflow
-
     folder = tmp_path / "customers"
     shutil.copytree(CHURN_SPEC.parent, folder)
     spec_path = folder / "spec.yaml"
@@ -59,13 +54,4 @@ def test_record_id_equal_to_entity_key_goes_through_all_three_stages(tmp_path):
     finally:
         server.stop()
 
-    frame = ft.read_version(make_engine(f"sqlite:///{tmp_path / 'data' / 'features.db'}"), spec, 1)
-    frame = frame.set_index(frame[spec.record_id].astype(str))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
-    pipeline = mlflow.sklearn.load_model(f"models:/{spec.model.name}/1")
-    ids = [str(rec[spec.record_id]) for rec in records]
-    assert [p["record_id"] for p in preds] == ids
-    X = frame.loc[ids, spec.model_features]
-    expected = np.vstack([pipeline.predict_proba(X.iloc[[i]]) for i in range(len(X))])
-    got = np.array([[p["probabilities"][c] for c in pipeline.classes_] for p in preds])
-    assert np.array_equal(got, expected)
+    assert_served_equals_registered(tmp_path / "data", spec, records, preds)

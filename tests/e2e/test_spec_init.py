@@ -10,16 +10,13 @@ import sqlite3
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from shared import feature_table as ft
-from shared.db import make_engine
 from shared.registry_contract import Tag
 from shared.spec import load_spec
-from tests.helpers import Server, fti_env, raw_json_records, run_fti
+from tests.helpers import Server, assert_served_equals_registered, fti_env, raw_json_records, run_fti
 
 pytestmark = [pytest.mark.e2e]
 
@@ -42,8 +39,6 @@ def _bundled(name: str, folder: Path) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("name", ["breast_cancer", "wine"])
 def test_a_bundled_dataset_goes_from_csv_to_served_predictions_by_spec_alone(tmp_path, name):
-    import mlflow
-
     csv, label = _bundled(name, tmp_path / "raw")
     env = fti_env(tmp_path / "data", OMP_NUM_THREADS="1")
     res = run_fti(["spec", "init", "--source", str(csv), "--label", label, "--out", str(tmp_path / "spec.yaml")], env)
@@ -73,15 +68,7 @@ def test_a_bundled_dataset_goes_from_csv_to_served_predictions_by_spec_alone(tmp
     finally:
         server.stop()
 
-    frame = ft.read_version(make_engine(f"sqlite:///{tmp_path / 'data' / 'features.db'}"), spec, 1)
-    frame = frame.set_index(frame[spec.record_id].astype(str))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
-    pipeline = mlflow.sklearn.load_model(f"models:/{spec.model.name}/1")
-    ids = [str(rec[spec.record_id]) for rec in records]
-    assert [p["record_id"] for p in preds] == ids
-    expected = pipeline.predict_proba(frame.loc[ids, spec.model_features])
-    got = np.array([[p["probabilities"][c] for c in pipeline.classes_] for p in preds])
-    assert np.array_equal(got, expected)
+    pipeline = assert_served_equals_registered(tmp_path / "data", spec, records, preds)
     classes = set(pd.read_csv(csv)[label])
     assert {p["prediction"] for p in preds} <= classes and len(pipeline.classes_) == len(classes)
     with sqlite3.connect(tmp_path / "data" / "mlflow.db") as conn:
