@@ -113,6 +113,9 @@ class ReloadState:
         with self._lock:
             self._refusals.pop(new, None)
             self.reloads += 1
+            # The alias pointed at ``new`` when it was read: whoever sees the new version served sees
+            # it in sync, not the alias version of the check before (the outcome is recorded later).
+            self.alias_version = new
             self.last_reload = {"model_name": name, "from_version": old, "to_version": new, "at": iso(now),
                                 "load_seconds": round(load_seconds, 3), "certificate": summary}
 

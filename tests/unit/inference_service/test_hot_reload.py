@@ -123,6 +123,24 @@ def test_passing_candidate_is_swapped_in_and_a_held_reference_keeps_the_old_mode
     assert runtime.check_alias() == "unchanged" and loader.loads == ["1", "2"]
 
 
+def test_the_new_version_is_reported_in_sync_from_the_moment_it_is_served(make_runtime: Any) -> None:
+    """A reader between the swap and the end of the check (heap freeze, logging) sees in_sync, not the
+    alias version of the previous check."""
+    runtime, loader = _served(make_runtime)
+    assert runtime.check_alias() == "unchanged"
+    seen: list[Any] = []
+    original = runtime.reload.swapped
+
+    def swapped(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        seen.append(runtime.reload.as_dict("2"))  # what /health/ready shows once the swap is visible
+
+    runtime.reload.swapped = swapped  # type: ignore[method-assign]
+    loader.alias_version = "2"
+    assert runtime.check_alias() == "reloaded"
+    assert len(seen) == 1 and seen[0]["in_sync"] is True and seen[0]["alias_version"] == "2"
+
+
 def test_alias_moved_back_serves_the_older_version(make_runtime: Any) -> None:
     runtime, loader = _served(make_runtime)
     loader.alias_version = "2"
