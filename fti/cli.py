@@ -224,6 +224,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model {r.model_name} version {r.version} (run {r.run_id}, feature version {r.feature_version}): "
           f"{primary} {r.metrics[primary]:.4f}; {'PROMOTED' if r.decision.promoted else 'not promoted'} - "
           f"{r.decision.reason} ({r.seconds:.1f}s)")
+    if "decision.threshold" in r.metrics:
+        m = r.metrics
+        print(f"decision rule: positive when the score is >= {m['decision.threshold']!r} (on the evaluation split: "
+              f"precision {m['decision.precision']:.4f}, recall {m['decision.recall']:.4f}, "
+              f"{m['decision.flag_rate']:.2%} of records flagged)")
     return 0
 
 

@@ -56,7 +56,7 @@ from shared import feature_table as ft
 from shared import model_ref
 from shared.db import IMMEDIATE, make_engine, redact
 from shared.model_ref import ModelRef, ModelRefError
-from shared.prediction_table import canonical_json
+from shared.prediction_table import canonical_json, outputs
 from shared.spec import DatasetSpec, LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,8 @@ class _Job:
 
     def _rows(self, chunk: Sequence[Any], proba: np.ndarray) -> list[dict[str, Any]]:
         spec, info, model, labels, classes = self.spec, self.info, self.model, self.labels, self.model.classes
-        best = proba.argmax(axis=1).tolist()
+        threshold = model.decision.threshold if model.decision is not None else None
+        best = model.decide(proba).tolist()  # the model's decision rule, as /predict applies it
         out = []
         for r, p, k in zip(chunk, proba.tolist(), best, strict=True):
             out.append({
@@ -388,8 +389,7 @@ class _Job:
                 "entity_key": r.entity_key, "as_of": r.event_time if spec.event_time else None,
                 "model_name": model.name, "model_version": model.version, "feature_version": info.version,
                 "prediction": str(classes[k]),
-                "outputs": canonical_json({"prediction": classes[k], "probabilities": dict(zip(labels, p,
-                                                                                                strict=True))}),
+                "outputs": canonical_json(outputs(classes[k], dict(zip(labels, p, strict=True)), threshold)),
             })
         return out
 

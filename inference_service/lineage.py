@@ -14,7 +14,8 @@ and then recomputes the prediction: it loads that exact model version (with
 every check the service applies at start, :meth:`MlflowLoader.load_version`),
 runs the logged inputs through the online path with history read from the
 logged feature version, and reports ``recomputed: true`` only if the
-prediction and every probability are exactly equal (``==`` on floats).
+prediction, every probability and the decision threshold (``model.decision``)
+are exactly equal (``==`` on floats).
 
 Every step is best-effort: a registry or store that cannot be read gives an
 entry in ``problems`` (and ``recomputed: false`` if the recomputation could not
@@ -85,20 +86,24 @@ def recompute(logged: LoggedPrediction, spec: LoadedSpec, engine: Engine, model:
     # Recomputed as it was served: a live request saw the whole feature version (no known-by replay).
     feats = certificate_features([logged.inputs], spec.spec, engine, logged.feature_version,  # type: ignore[arg-type]
                                  replay=False)
-    proba = scoring.predict_proba(model, feats)[0]
+    probas = scoring.predict_proba(model, feats)
+    proba = probas[0]
     labels = [str(c) for c in model.classes]
     probabilities = dict(zip(labels, proba.tolist(), strict=True))
-    prediction = model.classes[int(proba.argmax())]
+    prediction = model.classes[int(model.decide(probas)[0])]  # with the model's decision rule, as served
+    threshold = model.decision.threshold if model.decision is not None else None
+    same_rule = logged.outputs.get("threshold") == threshold
     logged_probs = logged.outputs.get("probabilities") or {}
     same_probs = set(logged_probs) == set(probabilities) and all(
         isinstance(logged_probs[k], (int, float)) and float(logged_probs[k]) == v for k, v in probabilities.items())
     same_prediction = prediction == logged.outputs.get("prediction")
     diffs = [abs(float(logged_probs[k]) - v) for k, v in probabilities.items()
              if isinstance(logged_probs.get(k), (int, float))]
-    return {"equal": bool(same_probs and same_prediction), "prediction": prediction,
+    return {"equal": bool(same_probs and same_prediction and same_rule), "prediction": prediction,
             "probabilities": probabilities, "same_prediction": bool(same_prediction),
             "same_probabilities": bool(same_probs), "max_abs_diff": max(diffs) if diffs else None,
-            "history_feature_version": logged.feature_version}
+            "decision": model.decision.public() if model.decision is not None else None,
+            "same_decision_rule": bool(same_rule), "history_feature_version": logged.feature_version}
 
 
 def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec | None, alias: str = "champion",
@@ -122,6 +127,7 @@ def build(prediction_id: str, *, engine: Engine, loader: Any, spec: LoadedSpec |
         model.update({"status": getattr(mv, "status", None), "registered_at": _ms_iso(mv.creation_timestamp),
                       "aliases": sorted(getattr(mv, "aliases", None) or []), "source": mv.source,
                       "validated": tags.get(Tag.VALIDATED) == "true",
+                      "decision_threshold": tags.get(Tag.DECISION_THRESHOLD),
                       "gate": {k.removeprefix(GATE_TAG_PREFIX): v for k, v in sorted(tags.items())
                                if k.startswith(GATE_TAG_PREFIX)}})
     except Exception as exc:  # noqa: BLE001 - report, keep going

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import decision as decisions
 from shared import fingerprint
 from shared.certificate import CERTIFICATE_FILE
+from shared.decision import Decision
+from shared.decision import apply as apply_decision
 from shared.labels import positive_index
 from shared.registry_contract import TAG_PREFIX, Artifact, Tag
 from shared.spec import DatasetSpec
@@ -51,6 +54,7 @@ class LoadedModel:
     verdict: dict[str, Any] | None = None  # this process's check of ``certificate``, set before it is served
     scorer: Any = None  # inference_service.scoring.Scorer: the fast path if proven equal, else the pipeline
     alias_confirmed: bool = True  # False: loaded from the cache's record of the alias, registry not asked yet
+    decision: Decision | None = None  # model.decision's threshold rule (extra_files/decision.json); None: argmax
 
     @property
     def trained_feature_version(self) -> int | None:
@@ -66,6 +70,10 @@ class LoadedModel:
             return positive_index(self.classes, self.tags.get(Tag.POSITIVE_CLASS))
         except ValueError:  # a tag that names no class: the default, as before the tag existed
             return len(self.classes) - 1
+
+    def decide(self, proba: Any) -> Any:
+        """Index into ``classes`` of each row's answer: the decision rule's, or argmax without one."""
+        return apply_decision(proba, self.positive_index, self.decision.threshold if self.decision else None)
 
     def lineage(self) -> dict[str, Any]:
         return {k.removeprefix(TAG_PREFIX): v for k, v in sorted(self.tags.items()) if k.startswith(TAG_PREFIX)}
@@ -90,6 +98,26 @@ def load_skops_model(model_dir: Path, expected_digest: str | None, memory_limit_
         raise ModelFilesTampered(str(exc)) from None
     except ModelFileRefused as exc:
         raise ModelLoadError(str(exc)) from None
+
+
+def read_decision(name: str, version: str, model_dir: Path, classes: Any, tags: dict[str, str]) -> Decision | None:
+    """The model's decision rule; refused if it cannot apply to this model (it would decide wrongly)."""
+    try:
+        decision = decisions.read(model_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{name} version {version}: its decision rule ({Artifact.DECISION}) is unreadable "
+                             f"({exc}); retrain it") from None
+    if decision is None:
+        return None
+    labels = [str(c) for c in classes]
+    if len(labels) != 2 or decision.positive_class not in labels:
+        raise ModelLoadError(f"{name} version {version}: its decision rule is for positive class "
+                             f"{decision.positive_class!r}, the model's classes are {labels[:10]}; retrain it")
+    tagged = tags.get(Tag.POSITIVE_CLASS)
+    if tagged is not None and tagged != decision.positive_class:
+        raise ModelLoadError(f"{name} version {version}: its decision rule is for positive class "
+                             f"{decision.positive_class!r}, its {Tag.POSITIVE_CLASS} tag says {tagged!r}; retrain it")
+    return decision
 
 
 def model_input_columns(pipeline: Any) -> list[str]:
@@ -184,6 +212,7 @@ class MlflowLoader:
         pipeline = load_skops_model(model_dir, tags.get(Tag.ARTIFACT_SHA256), self.memory_limit_mb)
         features = model_input_columns(pipeline)
         check_contract(spec, name, version, tags, features)
+        decision = read_decision(name, version, model_dir, pipeline.classes_, tags)  # after the digest check
         from inference_service import scoring
 
         scorer = self.prepare_scorer(pipeline, features, certificate) if prepare_fast else \
@@ -193,7 +222,8 @@ class MlflowLoader:
                              features=features,
                              classes=[c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
                              certificate=certificate, environment=environment, env_overridden=overridden,
-                             load_seconds=time.perf_counter() - t0, scorer=scorer, alias_confirmed=alias_confirmed)
+                             load_seconds=time.perf_counter() - t0, scorer=scorer, alias_confirmed=alias_confirmed,
+                             decision=decision)
         log.info("loaded %s version %s (%s) in %.2fs", name, loaded.version, alias or "by version",
                  loaded.load_seconds)
         return loaded

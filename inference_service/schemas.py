@@ -51,8 +51,17 @@ def predict_request_schema(spec: DatasetSpec, max_rows: int) -> dict[str, Any]:
 class Prediction(BaseModel):
     prediction_id: str
     record_id: str
-    prediction: int | str = Field(description="the most probable class")
+    prediction: int | str = Field(description="the decided class: with a decision rule (see `decision`), the "
+                                  "positive class when `score >= threshold`; otherwise the most probable class")
+    score: float | None = Field(default=None, description="with a decision rule only: the positive class's "
+                                "probability, the number compared with the threshold")
     probabilities: dict[str, float] = Field(description="class label -> probability")
+
+
+class DecisionRule(BaseModel):
+    objective: str = Field(description="model.decision.objective the threshold was chosen for at training")
+    threshold: float = Field(description="chosen on the evaluation split; a score >= threshold is positive")
+    positive_class: str
 
 
 class PredictResponse(BaseModel):
@@ -60,6 +69,8 @@ class PredictResponse(BaseModel):
     model_version: str
     feature_version: int | None = Field(description="feature version the history features were read from")
     trained_on_feature_version: int | None
+    decision: DecisionRule | None = Field(default=None, description="binary models trained with "
+                                          "model.decision: the rule that turned scores into predictions")
     predictions: list[Prediction]
 
 

@@ -9,7 +9,8 @@ replayable input and output:
   rendered by :func:`shared.certificate.raw_records` (the same rendering as
   parity certificates), so running it through the online path again
   reproduces the model input bit for bit;
-* ``outputs`` -- ``{"prediction": ..., "probabilities": {label: float}}``;
+* ``outputs`` -- ``{"prediction": ..., "probabilities": {label: float}}``, plus
+  ``"threshold"`` when a decision rule (``model.decision``) decided (:func:`outputs`);
   floats are written with Python's shortest round-trip repr, so they read back
   identical.
 
@@ -32,6 +33,14 @@ from sqlalchemy.engine import Engine
 from shared import feature_table as ft
 
 PREDICTION_LOG_REVISION = "0002"
+
+
+def outputs(prediction: Any, probabilities: dict[str, float], threshold: float | None = None) -> dict[str, Any]:
+    """A logged or batch-scored prediction's ``outputs`` (the same shape in both tables)."""
+    out: dict[str, Any] = {"prediction": prediction, "probabilities": probabilities}
+    if threshold is not None:
+        out["threshold"] = threshold
+    return out
 
 predictions = Table(
     "fti_predictions", ft.metadata,

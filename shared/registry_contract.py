@@ -28,6 +28,7 @@ class Tag(StrEnum):
     RUN_ID = "fti.run_id"
     VALIDATED = "fti.validated"
     POSITIVE_CLASS = "fti.positive_class"  # binary labels: the class the score is the probability of
+    DECISION_THRESHOLD = "fti.decision.threshold"  # for people: serving reads extra_files/decision.json
     ARTIFACT_SHA256 = "fti.artifact_sha256"  # shared.model_file.artifact_digest of the registered model directory
     GATE_PROMOTED = "fti.gate.promoted"
     GATE_REASON = "fti.gate.reason"
@@ -55,6 +56,7 @@ class Artifact(StrEnum):
     SPEC_DIR = "spec"
     FEATURE_VERSION = "lineage/feature_version.json"
     GATE_DECISION = "gate/decision.json"
+    DECISION = "decision.json"  # shared.decision: the fitted decision rule (threshold), beside the model
 
 
 __all__ = ["ENV_TAG_PREFIX", "GATE_TAG_PREFIX", "LIB_TAG_PREFIX", "TAG_PREFIX", "Artifact", "Tag"]

@@ -210,9 +210,53 @@ class SplitSpec(_Model):
 PrimaryMetric = Literal["roc_auc", "average_precision", "log_loss", "f1", "accuracy"]
 
 
+class DecisionSpec(_Model):
+    """Binary labels: how training chooses the score threshold above which a record is the positive class
+    (:mod:`shared.decision`). Without it the decision is argmax (a threshold of 0.5).
+
+    ``f_beta``: the best F-beta (``beta`` > 1 weighs recall more). ``precision`` / ``recall``: reach
+    ``target`` with the best recall / precision. ``cost``: the least expected cost given
+    ``false_positive_cost`` and ``false_negative_cost``. ``top_k``: flag the ``top_k`` share of records
+    with the highest scores (a review capacity)."""
+
+    objective: Literal["f_beta", "precision", "recall", "cost", "top_k"]
+    beta: float | None = Field(default=None, gt=0, le=100)
+    target: float | None = Field(default=None, gt=0, le=1)
+    false_positive_cost: float | None = Field(default=None, ge=0, le=1e12)
+    false_negative_cost: float | None = Field(default=None, ge=0, le=1e12)
+    top_k: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _settings_match_objective(self) -> DecisionSpec:
+        wanted = {"f_beta": {"beta"}, "precision": {"target"}, "recall": {"target"},
+                  "cost": {"false_positive_cost", "false_negative_cost"}, "top_k": {"top_k"}}[self.objective]
+        given = {k for k in ("beta", "target", "false_positive_cost", "false_negative_cost", "top_k")
+                 if getattr(self, k) is not None}
+        optional = {"beta"}  # f_beta defaults to beta 1 (F1)
+        missing = sorted(wanted - given - optional)
+        extra = sorted(given - wanted)
+        problems = []
+        if missing:
+            problems.append(f"objective {self.objective!r} needs {', '.join(missing)}")
+        if extra:
+            problems.append(f"{', '.join(extra)} does not apply to objective {self.objective!r}")
+        if self.objective == "cost" and not missing and not (self.false_positive_cost or self.false_negative_cost):
+            problems.append("at least one of false_positive_cost and false_negative_cost must be above 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def policy(self) -> dict[str, Any]:
+        """The settings :mod:`shared.decision` reads (``beta`` filled in)."""
+        out: dict[str, Any] = {k: v for k, v in self.model_dump().items() if v is not None}
+        if self.objective == "f_beta":
+            out.setdefault("beta", 1.0)
+        return out
+
+
 #: (section, key) -> default: settings added after the spec format shipped, left out of the content hash
 #: while they hold their default.
-_ADDED_LATER = {("model", "positive_class"): None, ("model", "repeats"): 1}
+_ADDED_LATER = {("model", "positive_class"): None, ("model", "repeats"): 1, ("model", "decision"): None}
 
 
 class ModelSpec(_Model):
@@ -231,6 +275,8 @@ class ModelSpec(_Model):
     # Fits with seeds seed, seed+1, ... on the same split, to report each metric's mean and standard
     # deviation (metrics ``repeats.<metric>.mean``/``.sd``); the registered model is the ``seed`` one.
     repeats: int = Field(default=1, ge=1, le=20)
+    # Binary labels: the threshold rule chosen on the evaluation split (see DecisionSpec); default argmax.
+    decision: DecisionSpec | None = None
 
 
 class DatasetSpec(_Model):

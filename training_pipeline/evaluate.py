@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from shared import decision as decisions
 from shared.labels import positive_index
 from training_pipeline.importance import permutation_importance
 
-LOWER_IS_BETTER = {"log_loss", "brier"}
+LOWER_IS_BETTER = {"log_loss", "brier", "decision.cost"}
 
 
 def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
@@ -73,8 +74,9 @@ def better_or_equal(metric: str, new: float, old: float) -> bool:
 
 
 def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *, seed: int,
-            primary_metric: str, positive_class: Any = None) -> dict[str, Any]:
-    """ROC / PR curves, confusion matrix and permutation feature importance."""
+            primary_metric: str, positive_class: Any = None, threshold: float | None = None) -> dict[str, Any]:
+    """ROC / PR curves, confusion matrix (of the decision rule when ``threshold`` is set), the precision
+    and recall at every threshold with the chosen one marked, and permutation feature importance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,10 +104,23 @@ def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *
         CalibrationDisplay.from_predictions(y_bin, score, n_bins=10, strategy="quantile", ax=ax, name="model")
         ax.set_title(f"Calibration of P({pos}) (evaluation split, deciles)")
         figs["plots/calibration.png"] = fig
+        if threshold is not None:
+            precision, recall, cuts = skm.precision_recall_curve(y_bin, score)
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot(cuts, precision[:-1], label="precision")
+            ax.plot(cuts, recall[:-1], label="recall")
+            ax.axvline(min(threshold, 1.0), color="k", ls="--", lw=0.8, label=f"chosen threshold {threshold:.4g}")
+            ax.set_xlabel(f"threshold on P({pos})")
+            ax.set_title("Decision threshold (evaluation split)")
+            ax.legend(loc="best")
+            fig.tight_layout()
+            figs["plots/decision_threshold.png"] = fig
+    decided = classes[decisions.apply(proba, positive_index(classes, positive_class) if len(classes) == 2 else -1,
+                                      threshold)]
     fig, ax = plt.subplots(figsize=(5, 5))
-    skm.ConfusionMatrixDisplay.from_predictions(y_true, classes[np.argmax(proba, axis=1)], ax=ax,
-                                                colorbar=False)
-    ax.set_title("Confusion matrix (evaluation split)")
+    skm.ConfusionMatrixDisplay.from_predictions(y_true, decided, ax=ax, colorbar=False)
+    ax.set_title("Confusion matrix (evaluation split" + (f", threshold {threshold:.4g})" if threshold is not None
+                                                         else ")"))
     figs["plots/confusion_matrix.png"] = fig
 
     sample = X if len(X) <= 3000 else X.sample(3000, random_state=seed)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from shared import certificate as certmod
+from shared import decision as decisions
 from shared import feature_table as ft
 from shared import fingerprint, rowwise
 from shared.db import make_engine
@@ -89,6 +90,9 @@ def flat_params(loaded: LoadedSpec, n_train: int, n_test: int, n_unlabeled: int 
     }
     if n_unlabeled:
         params["n_unlabeled_skipped"] = n_unlabeled
+    if m.decision is not None:  # only when set: runs from before the decision policy still reproduce
+        for k, v in sorted(m.decision.policy().items()):
+            params[f"decision.{k}"] = v
     for k, v in sorted(m.estimator.params.items()):
         params[f"estimator.{k}"] = v
     return params
@@ -102,6 +106,7 @@ class Fitted:
     proba: np.ndarray
     metrics: dict[str, float]
     seconds: float = 0.0
+    decision: decisions.Decision | None = None  # model.decision's rule, chosen on the evaluation split
 
 
 def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
@@ -117,10 +122,22 @@ def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
     pipe.fit(data.X_train, data.y_train)
     proba = rowwise.predict_proba(pipe, data.X_test)  # each row as if scored alone
     check_binary(pipe.classes_, spec.model.positive_class)
-    metrics = compute_metrics(pipe.classes_, data.y_test, proba, spec.model.positive_class)
+    metrics, decision = evaluate(spec, pipe.classes_, data.y_test, proba)
     if spec.model.repeats > 1:
         metrics.update(repeat_metrics(spec, data, metrics))
-    return Fitted(pipe, proba, metrics, time.perf_counter() - t0)
+    return Fitted(pipe, proba, metrics, time.perf_counter() - t0, decision)
+
+
+def evaluate(spec: DatasetSpec, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray
+             ) -> tuple[dict[str, float], decisions.Decision | None]:
+    """The run's metrics on the evaluation split; with ``model.decision``, the chosen rule and its
+    ``decision.*`` metrics (``decision.threshold`` among them, so ``fti reproduce`` compares it)."""
+    metrics = compute_metrics(classes, y_true, proba, spec.model.positive_class)
+    if spec.model.decision is None:
+        return metrics, None
+    decision = decisions.fit(spec.model.decision.policy(), classes, positive_index(classes, spec.model.positive_class),
+                             y_true, proba)
+    return {**metrics, **decision.evaluation}, decision
 
 
 def repeat_metrics(spec: DatasetSpec, data: Dataset, first: dict[str, float]) -> dict[str, float]:
@@ -133,8 +150,7 @@ def repeat_metrics(spec: DatasetSpec, data: Dataset, first: dict[str, float]) ->
         random.seed(seeded.model.seed)
         np.random.seed(seeded.model.seed)
         pipe = build_pipeline(seeded).fit(data.X_train, data.y_train)
-        runs.append(compute_metrics(pipe.classes_, data.y_test, rowwise.predict_proba(pipe, data.X_test),
-                                    spec.model.positive_class))
+        runs.append(evaluate(spec, pipe.classes_, data.y_test, rowwise.predict_proba(pipe, data.X_test))[0])
         log.info("repeat %d/%d (seed %d): %s %.4f", i + 1, spec.model.repeats, seeded.model.seed,
                  spec.model.primary_metric, runs[-1][spec.model.primary_metric])
     out: dict[str, float] = {}
@@ -225,7 +241,8 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         reg.log_feature_inputs(spec, data)
         for path, fig in figures(pipe, data.X_test, data.y_test, proba, seed=seed, primary_metric=primary,
-                                 positive_class=spec.model.positive_class).items():
+                                 positive_class=spec.model.positive_class,
+                                 threshold=fitted.decision.threshold if fitted.decision else None).items():
             mlflow.log_figure(fig, path)
         reg.log_file(loaded.path, "spec")
         reg.log_json(info.as_dict(), Artifact.FEATURE_VERSION)
@@ -237,7 +254,10 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
                                      pool=pd.concat([data.train, data.test], ignore_index=True))
         with tempfile.TemporaryDirectory() as tmp:
             paths: list[str] = []
-            for name, obj in ((certmod.CERTIFICATE_FILE, certificate), (Artifact.ENVIRONMENT, environment)):
+            files: list[tuple[str, Any]] = [(certmod.CERTIFICATE_FILE, certificate), (Artifact.ENVIRONMENT, environment)]
+            if fitted.decision is not None:  # beside the model: covered by its artifact digest
+                files.append((decisions.DECISION_FILE, fitted.decision.as_dict()))
+            for name, obj in files:
                 file = Path(tmp) / name
                 file.write_text(json.dumps(obj, indent=1, sort_keys=True))
                 paths.append(str(file))
@@ -248,19 +268,24 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         if len(pipe.classes_) == 2:
             version_tags[Tag.POSITIVE_CLASS] = str(pipe.classes_[positive_index(pipe.classes_,
                                                                                 spec.model.positive_class)])
+        if fitted.decision is not None:
+            version_tags[Tag.DECISION_THRESHOLD] = repr(fitted.decision.threshold)
         reg.set_version_tags(spec.model.name, mv.version, version_tags)
         log.info("[4/5] registered %s version %s (registry round trip: identical predictions)",
                  spec.model.name, mv.version)
 
-        decision = reg.gate(spec.model.name, settings.model_alias, metric=primary, candidate_score=metrics[primary],
-                            X=data.X_test, y=data.y_test, policy=promote,
+        gate_metric = primary if spec.model.decision is None else \
+            decisions.GATE_METRIC[spec.model.decision.objective][0]  # the policy's own measure of success
+        decision = reg.gate(spec.model.name, settings.model_alias, metric=gate_metric,
+                            candidate_score=metrics[gate_metric], X=data.X_test, y=data.y_test, policy=promote,
                             memory_limit_mb=settings.model_load_memory_mb,
-                            positive_class=spec.model.positive_class)
+                            positive_class=spec.model.positive_class,
+                            decision_policy=spec.model.decision.policy() if spec.model.decision else None)
         gate_tags: dict[str, str] = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
                      Tag.GATE_CHAMPION_VERSION: str(decision.champion_version or "")}
         mlflow.set_tags(gate_tags)
         if decision.champion_score is not None:
-            mlflow.log_metric(f"gate_champion_{primary}", decision.champion_score)
+            mlflow.log_metric(f"gate_champion_{gate_metric}", decision.champion_score)
         reg.log_json(decision.as_dict(), Artifact.GATE_DECISION)
         reg.set_version_tags(spec.model.name, mv.version, gate_tags)
         if decision.promoted:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared import decision as decisions
 from shared import rowwise
 from shared.registry_contract import Tag
 from shared.spec import DatasetSpec
@@ -175,11 +176,36 @@ def round_trip_check(name: str, version: str, X: pd.DataFrame, expected: np.ndar
 
 def load_registered(name: str, version: str, tags: dict[str, str], memory_limit_mb: int) -> Any:
     """A registered version's pipeline, with the digest and allow-list checks (the gate's champion)."""
+    return load_registered_with_decision(name, version, tags, memory_limit_mb)[0]
+
+
+def load_registered_with_decision(name: str, version: str, tags: dict[str, str], memory_limit_mb: int
+                                  ) -> tuple[Any, decisions.Decision | None]:
+    """:func:`load_registered` and the decision rule stored beside it (None: argmax)."""
     from shared.model_file import load_model_dir
 
     with tempfile.TemporaryDirectory(prefix="fti-champion-") as tmp:
-        return load_model_dir(download(name, version, tmp), expected_digest=tags.get(Tag.ARTIFACT_SHA256),
-                              memory_limit_mb=memory_limit_mb)
+        model_dir = download(name, version, tmp)
+        pipeline = load_model_dir(model_dir, expected_digest=tags.get(Tag.ARTIFACT_SHA256),
+                                  memory_limit_mb=memory_limit_mb)
+        return pipeline, decisions.read(Path(model_dir))  # read after the digest check covered it
+
+
+def champion_score(metric: str, old: Any, rule: decisions.Decision | None, X: pd.DataFrame, y: np.ndarray,
+                   positive_class: Any, decision_policy: dict[str, Any] | None) -> float:
+    """The champion's ``metric`` on the candidate's evaluation data, deciding as the champion serves:
+    with its own threshold, or argmax if it was trained without a decision policy."""
+    from shared.labels import positive_index
+    from training_pipeline.evaluate import compute_metrics
+
+    proba = rowwise.predict_proba(old, X)
+    if decision_policy is None:
+        return compute_metrics(old.classes_, y, proba, positive_class)[metric]
+    if len(old.classes_) != 2:
+        raise ValueError(f"the champion has {len(old.classes_)} classes; a decision policy needs a binary label")
+    k = positive_index(old.classes_, positive_class)
+    decided = decisions.apply(proba, k, rule.threshold if rule is not None else None)
+    return decisions.outcome_metrics(decision_policy, np.asarray(y) == old.classes_[k], decided == k)[metric]
 
 
 def champion(name: str, alias: str) -> Any | None:
@@ -196,10 +222,10 @@ def champion(name: str, alias: str) -> Any | None:
 
 
 def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.DataFrame, y: np.ndarray,
-         policy: str, memory_limit_mb: int = 2048, positive_class: Any = None) -> GateDecision:
-    """Compare with the current champion on the candidate's evaluation data."""
-    from training_pipeline.evaluate import compute_metrics
-
+         policy: str, memory_limit_mb: int = 2048, positive_class: Any = None,
+         decision_policy: dict[str, Any] | None = None) -> GateDecision:
+    """Compare with the current champion on the candidate's evaluation data (with a decision policy: on
+    the policy's metric, each model deciding with its own rule)."""
     current = champion(name, alias)
     if policy == "never":
         return GateDecision(False, "promotion disabled (--promote never)", metric, candidate_score,
@@ -210,7 +236,8 @@ def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.Da
     from shared.model_file import ModelFileRefused
 
     try:
-        old = load_registered(name, str(current.version), dict(current.tags or {}), memory_limit_mb)
+        old, rule = load_registered_with_decision(name, str(current.version), dict(current.tags or {}),
+                                                  memory_limit_mb)
     except ModelFileRefused as exc:
         if policy == "always":
             return GateDecision(True, f"--promote always; champion v{current.version} is refused ({exc})", metric,
@@ -228,8 +255,8 @@ def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.Da
                                    f"{missing[:5]}); pass --promote always to replace it", metric,
                             candidate_score, current.version)
     try:
-        old_score = compute_metrics(old.classes_, y, rowwise.predict_proba(old, X[wanted] if wanted else X),
-                                    positive_class)[metric]
+        old_score = champion_score(metric, old, rule, X[wanted] if wanted else X, y, positive_class,
+                                   decision_policy)
     except ValueError as exc:  # e.g. the champion was trained on other classes than the candidate's label
         if policy == "always":
             return GateDecision(True, f"--promote always; champion v{current.version} cannot be scored on this "

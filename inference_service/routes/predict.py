@@ -33,7 +33,7 @@ from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
 from shared.certificate import raw_records, raw_records_from_arrays
 from shared.feature_table import FeatureStoreError, utcnow
-from shared.prediction_table import canonical_json
+from shared.prediction_table import canonical_json, outputs
 from shared.raw import RawDataError
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,24 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
     classes = model.classes
     labels = [str(c) for c in classes]
     ids = scored.column(spec.record_id)
+    decided = model.decide(scored.proba).tolist()
+    k = model.positive_index if model.decision is not None else None
     out = []
     for i, row in enumerate(scored.proba):
-        best = int(row.argmax())
-        out.append({"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": classes[best],
-                    "probabilities": dict(zip(labels, row.tolist(), strict=True))})
+        item = {"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": classes[decided[i]]}
+        if k is not None:
+            item["score"] = float(row[k])
+        item["probabilities"] = dict(zip(labels, row.tolist(), strict=True))
+        out.append(item)
     if runtime.prediction_log is not None:  # rows are built and written in the log's thread
         now = utcnow()
         runtime.prediction_log.submit_lazy(len(out), lambda: log_rows(runtime, model, scored, out, request_id, now))
-    return {"model_name": model.name, "model_version": model.version, "feature_version": scored.feature_version,
-            "trained_on_feature_version": model.trained_feature_version, "predictions": out, "_proba": scored.proba}
+    result: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
+                              "feature_version": scored.feature_version,
+                              "trained_on_feature_version": model.trained_feature_version}
+    if model.decision is not None:
+        result["decision"] = model.decision.public()
+    return {**result, "predictions": out, "_proba": scored.proba}
 
 
 def _predict_encoded(runtime: Runtime, model: LoadedModel, records: list[Any], request_id: str
@@ -79,6 +87,7 @@ def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: 
              request_id: str, now: datetime) -> list[dict[str, Any]]:
     """One ``fti_predictions`` row per prediction; ``inputs`` is the normalised record, replayable as is."""
     spec = runtime.spec.spec
+    threshold = model.decision.threshold if model.decision is not None else None
     if scored.arrays is not None:  # the numpy online path: no frame here either
         inputs = raw_records_from_arrays(scored.arrays, spec)
         entities = list(scored.arrays[spec.entity_key])
@@ -91,7 +100,7 @@ def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: 
              "dataset": spec.name, "model_name": model.name, "model_version": model.version,
              "feature_version": scored.feature_version, "record_id": str(p["record_id"]),
              "entity_key": str(entities[i]), "event_time": times[i], "inputs": canonical_json(inputs[i]),
-             "outputs": canonical_json({"prediction": p["prediction"], "probabilities": p["probabilities"]})}
+             "outputs": canonical_json(outputs(p["prediction"], p["probabilities"], threshold))}
             for i, p in enumerate(predictions)]
 
 
