@@ -131,7 +131,7 @@ def draft(source: Path, label: str, *, record_id: str | None = None, entity_key:
     if not dataset[0].isalpha():
         dataset = "d_" + dataset
     spec: dict[str, Any] = {
-        "spec_version": 1,
+        "spec_version": 2,  # model.preprocessing: auto suits the estimator
         "name": dataset,
         "description": f"Drafted by `fti spec init` from {source.name} ({len(frame)} rows): read and edit.",
         "source": {"format": "csv", "path": source.name},

@@ -10,8 +10,10 @@ arithmetic on plain numpy arrays:
   :class:`shared.transformers.ModelInputCaster` calls);
 * ``SimpleImputer``/``StandardScaler`` with their fitted ``statistics_``,
   ``mean_`` and ``scale_``, in the same order of floating-point operations;
-* ``OneHotEncoder`` through a lookup table read off the fitted encoder itself
-  (each known category is pushed through ``transform`` once at compile time);
+* ``SimpleImputer`` (any strategy: its fitted ``statistics_``), ``StandardScaler`` and
+  ``RobustScaler``;
+* ``OneHotEncoder`` and ``OrdinalEncoder`` through lookup tables read off the fitted encoder
+  itself (each known category is pushed through ``transform`` once at compile time);
 * the fitted estimator, called on the numpy matrix; for a
   HistGradientBoosting classifier on small batches, its trees evaluated all at
   once (:mod:`inference_service.fast_trees`).
@@ -33,7 +35,7 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, RobustScaler, StandardScaler
 
 from shared import rowwise
 from shared.transformers import ModelInputCaster, canonical_floats, cast_categorical_values
@@ -66,6 +68,14 @@ class _OneHotBlock:
     maps: list[dict[str, int]]  # per input column: category -> absolute output column (absent: all zeros)
 
 
+@dataclass(frozen=True)
+class _OrdinalBlock:
+    columns: list[str]
+    out: slice
+    maps: list[dict[str, float]]  # per input column: category -> its code
+    unknown: list[float]  # per input column: the code of a category the encoder never saw (may be NaN)
+
+
 @dataclass
 class FastPath:
     """Model-input columns -> class probabilities, without pandas or per-step validation."""
@@ -73,7 +83,7 @@ class FastPath:
     features: list[str]
     numeric: frozenset[str]
     n_out: int
-    blocks: list[_NumericBlock | _OneHotBlock]
+    blocks: list[_NumericBlock | _OneHotBlock | _OrdinalBlock]
     estimator: Any  # the fitted estimator, with feature-name checks off (it gets a bare matrix)
     trees: Any | None = None  # a compiled tree ensemble for small batches, or None
     tree_max_rows: int = 0
@@ -122,10 +132,14 @@ class FastPath:
                         if step.b is not None:
                             A /= step.b
                 X[:, block.out] = A
+            elif isinstance(block, _OrdinalBlock):
+                for j, (name, codes) in enumerate(zip(block.columns, block.maps, strict=True)):
+                    unknown = block.unknown[j]
+                    X[:, block.out.start + j] = [codes.get(v, unknown) for v in cast_categorical_values(columns[name])]
             else:
-                for name, mapping in zip(block.columns, block.maps, strict=True):
+                for name, lights in zip(block.columns, block.maps, strict=True):
                     for r, value in enumerate(cast_categorical_values(columns[name])):
-                        k = mapping.get(value)
+                        k = lights.get(value)
                         if k is not None:
                             X[r, k] = 1.0
 
@@ -157,7 +171,7 @@ def compile_pipeline(pipeline: Any, *, tree_max_rows: int = 128) -> FastPath:
     features = [str(c) for c in caster.columns_]
     numeric = frozenset(caster.numeric_)
     categorical = frozenset(caster.categorical_)
-    blocks: list[_NumericBlock | _OneHotBlock] = []
+    blocks: list[_NumericBlock | _OneHotBlock | _OrdinalBlock] = []
     names_out: list[str] = []
     for name, trans, cols in ct.transformers_:
         if trans == "drop":
@@ -175,6 +189,9 @@ def compile_pipeline(pipeline: Any, *, tree_max_rows: int = 128) -> FastPath:
             if len(steps) == 1 and isinstance(steps[0][1], OneHotEncoder):
                 _require(all(c in categorical for c in cols), f"{name!r} one-hot encodes numeric columns")
                 blocks.append(_onehot_block(steps[0][1], cols, out))
+            elif len(steps) == 1 and isinstance(steps[0][1], OrdinalEncoder):
+                _require(all(c in categorical for c in cols), f"{name!r} ordinal-encodes numeric columns")
+                blocks.append(_ordinal_block(steps[0][1], cols, out))
             else:
                 _require(all(c in numeric for c in cols), f"{name!r} applies numeric steps to categories")
                 blocks.append(_NumericBlock(cols, out, [_numeric_step(s, len(cols)) for _, s in steps]))
@@ -222,6 +239,11 @@ def _numeric_step(step: Any, width: int) -> _NumericStep:
         mean = np.asarray(step.mean_, dtype=np.float64) if step.with_mean else None
         scale = np.asarray(step.scale_, dtype=np.float64) if step.with_std else None
         return _NumericStep("scale", mean, scale)
+    if isinstance(step, RobustScaler):  # transform: X -= center_, then X /= scale_, as StandardScaler
+        _require(not step.unit_variance, "RobustScaler(unit_variance=True)")
+        center = np.asarray(step.center_, dtype=np.float64) if step.with_centering else None
+        scale = np.asarray(step.scale_, dtype=np.float64) if step.with_scaling else None
+        return _NumericStep("scale", center, scale)
     raise Unsupported(f"numeric step {type(step).__name__} is not compiled")
 
 
@@ -255,3 +277,24 @@ def _onehot_block(enc: OneHotEncoder, cols: list[str], out: slice) -> _OneHotBlo
                 mapping[category] = out.start + int(on[0])
         maps.append(mapping)
     return _OneHotBlock(cols, out, maps)
+
+
+def _ordinal_block(enc: OrdinalEncoder, cols: list[str], out: slice) -> _OrdinalBlock:
+    """Read each category's code off the fitted encoder, as :func:`_onehot_block` reads its columns.
+
+    Unknown categories must encode to a value (``handle_unknown="use_encoded_value"``), read off by
+    transforming a probe no column has seen; infrequent categories find their shared code this way too."""
+    _require(enc.handle_unknown == "use_encoded_value",
+             f"OrdinalEncoder(handle_unknown={enc.handle_unknown!r})")
+    _require(np.dtype(enc.dtype) == np.float64, "OrdinalEncoder with a dtype other than float64")
+    cats = [list(c) for c in enc.categories_]
+    _require(all(isinstance(v, str) for c in cats for v in c), "OrdinalEncoder categories are not all strings")
+    probe = pd.DataFrame({name: np.array([_UNKNOWN_PROBE], dtype=object) for name in cols})
+    unknown = [float(v) for v in np.asarray(enc.transform(probe), dtype=np.float64)[0]]
+    maps: list[dict[str, float]] = []
+    for j, (name, c) in enumerate(zip(cols, cats, strict=True)):
+        single = pd.DataFrame({other: np.array([_UNKNOWN_PROBE] * len(c), dtype=object) for other in cols})
+        single[name] = np.array(c, dtype=object)
+        codes = np.asarray(enc.transform(single), dtype=np.float64)[:, j]
+        maps.append({category: float(code) for category, code in zip(c, codes, strict=True)})
+    return _OrdinalBlock(cols, out, maps, unknown)

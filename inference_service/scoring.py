@@ -203,9 +203,10 @@ def generated_sample(fast: fastpath.FastPath, n: int, seed: int) -> pd.DataFrame
     spread: dict[str, float] = {}
     categories: dict[str, list[str]] = {}
     for block in fast.blocks:
-        if isinstance(block, fastpath._OneHotBlock):
-            for name, mapping in zip(block.columns, block.maps, strict=True):
-                categories[name] = sorted(mapping)
+        if isinstance(block, fastpath._OneHotBlock | fastpath._OrdinalBlock):
+            maps: list[dict[str, Any]] = list(block.maps)
+            for name, table in zip(block.columns, maps, strict=True):
+                categories[name] = sorted(table)
         else:
             for step in block.steps:
                 for j, name in enumerate(block.columns):

@@ -56,6 +56,11 @@ _SKLEARN_OBJECTS = frozenset({
     "sklearn.impute._base.SimpleImputer",
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._data.RobustScaler",
+    # HistGradientBoosting with categorical features keeps its own ColumnTransformer, whose numeric block
+    # is FunctionTransformer(func=functools.partial(check_array, ...)): the one callable fti loads (below).
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
     "sklearn.preprocessing._label.LabelBinarizer",
     "sklearn.preprocessing._label.LabelEncoder",
     # estimators
@@ -109,6 +114,10 @@ ALLOWED: dict[str, frozenset[str]] = {
                            "sklearn._loss._loss.CyHalfSquaredError"}),
     "RandomStateNode": frozenset({"numpy.random.mtrand.RandomState"}),
     "RandomGeneratorNode": frozenset({"numpy.random._generator.Generator"}),
+    # Callables: exactly the ones a pipeline fti trains holds, and nothing that can run code or touch files:
+    # check_array validates and converts an array; a partial of it only fixes its keyword arguments.
+    "PartialNode": frozenset({"functools.partial"}),
+    "FunctionNode": frozenset({"sklearn.utils.validation.check_array"}),
 }
 
 
@@ -261,7 +270,8 @@ def _walk(schema: Any, path: Path, names: set[str], arrays: list[str]) -> None:
             allowed = ALLOWED.get(str(loader))
             if allowed is None:
                 raise _refuse(path, f"it uses the skops loader {loader} for {name}, which no fti pipeline needs "
-                                    "(functions, methods, reduce and operator nodes are never loaded)")
+                                    "(methods, reduce and operator nodes are never loaded, functions only by "
+                                    "exact name)")
             if name not in allowed:
                 raise _refuse(path, f"{name} ({loader}) is not in fti's model allow-list "
                                     "(shared/model_file.py ALLOWED): only the types of the pipelines fti trains "

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from shared.spec import ColumnSpec, ColumnType, DatasetSpec
+from shared.transformers import MISSING_CATEGORY
 
 # Business bounds for timestamps: pandas accepts years 1 and 9999, which are
 # almost always unit or entry errors in tabular ML data.
@@ -321,6 +322,13 @@ def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, c
             too_long = [i for i, v in enumerate(values_t) if isinstance(v, str) and len(v) > col.max_length]
             if too_long:
                 problems.add("too_long", f"longer than {col.max_length} characters", name, too_long)
+            if col.type == ColumnType.CATEGORY:  # the caster's marker for a missing category: never data
+                reserved = [i for i, v in enumerate(values_t) if isinstance(v, str) and v == MISSING_CATEGORY]
+                if reserved:
+                    problems.add("reserved_value", f"{MISSING_CATEGORY!r} is how a model input marks a missing "
+                                 "category, so as data it would mean 'missing': leave the cell empty if it means "
+                                 "missing, or give the category another name", name, reserved)
+                    bad = bad + reserved
             series = values_t
         else:
             naive: list[int] = []

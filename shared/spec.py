@@ -254,9 +254,54 @@ class DecisionSpec(_Model):
         return out
 
 
+Impute = Literal["auto", "none", "median", "mean", "most_frequent", "constant"]
+Scale = Literal["auto", "none", "standard", "robust"]
+Encode = Literal["auto", "onehot", "ordinal", "native"]
+
+
+class NumericPrep(_Model):
+    """How numeric model inputs (float64, NaN for missing) are prepared for the estimator."""
+
+    impute: Impute = "auto"
+    fill_value: float | None = None  # impute: constant
+    scale: Scale = "auto"
+
+
+class CategoricalPrep(_Model):
+    """How categorical model inputs (strings; a missing value is a category of its own) are encoded."""
+
+    encode: Encode = "auto"
+    # onehot / ordinal: categories seen fewer times in training share one "infrequent" code
+    min_frequency: int | None = Field(default=None, ge=1)
+
+
+class ColumnPrep(_Model):
+    """Per-column override of :class:`NumericPrep` or :class:`CategoricalPrep` (unset: the type's setting)."""
+
+    impute: Impute | None = None
+    fill_value: float | None = None
+    scale: Scale | None = None
+    encode: Encode | None = None
+    min_frequency: int | None = Field(default=None, ge=1)
+
+
+class PreprocessingSpec(_Model):
+    """``model.preprocessing``: the steps between the model-input caster and the estimator.
+
+    ``auto`` resolves in :mod:`training_pipeline.model`: with ``spec_version: 1`` to fti's original
+    fixed steps (median, standard scaling, one-hot with ``min_frequency`` 5), so that every model
+    trained before reproduces; with ``spec_version: 2`` to what suits the estimator (no imputation
+    for one that accepts NaN, no scaling before trees, native categories for HistGradientBoosting)."""
+
+    numeric: NumericPrep = Field(default_factory=NumericPrep)
+    categorical: CategoricalPrep = Field(default_factory=CategoricalPrep)
+    columns: dict[str, ColumnPrep] = Field(default_factory=dict)
+
+
 #: (section, key) -> default: settings added after the spec format shipped, left out of the content hash
 #: while they hold their default.
-_ADDED_LATER = {("model", "positive_class"): None, ("model", "repeats"): 1, ("model", "decision"): None}
+_ADDED_LATER = {("model", "positive_class"): None, ("model", "repeats"): 1, ("model", "decision"): None,
+                ("model", "preprocessing"): None}
 
 
 class ModelSpec(_Model):
@@ -277,12 +322,15 @@ class ModelSpec(_Model):
     repeats: int = Field(default=1, ge=1, le=20)
     # Binary labels: the threshold rule chosen on the evaluation split (see DecisionSpec); default argmax.
     decision: DecisionSpec | None = None
+    # The steps between the caster and the estimator; see PreprocessingSpec (unset: all ``auto``).
+    preprocessing: PreprocessingSpec | None = None
 
 
 class DatasetSpec(_Model):
     """The whole spec file."""
 
-    spec_version: Literal[1] = 1
+    # 2: ``model.preprocessing: auto`` suits the estimator (1: fti's original fixed steps, for old specs)
+    spec_version: Literal[1, 2] = 1
     name: Annotated[str, Field(pattern=_NAME)]
     description: str | None = None
     source: SourceSpec
@@ -399,9 +447,49 @@ class DatasetSpec(_Model):
                 errors.append("model.features is empty")
         elif not self.default_model_features_unchecked():
             errors.append("the model has no input features")
+        if self.model.preprocessing is not None and not errors:
+            errors.extend(self._preprocessing_problems(self.model.preprocessing))
         if errors:
             raise ValueError("; ".join(errors))
         return self
+
+    def _preprocessing_problems(self, prep: PreprocessingSpec) -> list[str]:
+        problems: list[str] = []
+        native_ok = "HistGradientBoosting" in self.model.estimator.class_path
+
+        def check(where: str, impute: str | None, fill: float | None, encode: str | None) -> None:
+            if fill is not None and impute != "constant":
+                problems.append(f"{where}: fill_value applies to impute 'constant' only")
+            if impute == "constant" and fill is None:
+                problems.append(f"{where}: impute 'constant' needs fill_value")
+            if encode == "native" and not native_ok:
+                problems.append(f"{where}: encode 'native' needs a HistGradientBoosting estimator "
+                                f"(the model is {self.model.estimator.class_path}); use onehot or ordinal")
+
+        check("model.preprocessing.numeric", prep.numeric.impute, prep.numeric.fill_value, None)
+        check("model.preprocessing.categorical", None, None, prep.categorical.encode)
+        if prep.categorical.min_frequency is not None and prep.categorical.encode == "native":
+            problems.append("model.preprocessing.categorical: min_frequency applies to onehot and ordinal")
+        features = set(self.model_features)
+        for name, col in prep.columns.items():
+            where = f"model.preprocessing.columns.{name}"
+            if name not in features:
+                problems.append(f"{where}: {name!r} is not a model feature")
+                continue
+            numeric = self.feature_kind(name) == "numeric"
+            wrong = [k for k in (("encode", "min_frequency") if numeric else ("impute", "fill_value", "scale"))
+                     if getattr(col, k) is not None]
+            if wrong:
+                kind = "numeric" if numeric else "categorical"
+                problems.append(f"{where}: {', '.join(wrong)} does not apply to a {kind} feature")
+            if not numeric:
+                check(where, None, None, col.encode)
+            elif col.impute is None:  # the type's imputation, and its fill_value unless this column sets one
+                check(where, prep.numeric.impute, col.fill_value if col.fill_value is not None
+                      else prep.numeric.fill_value, None)
+            else:
+                check(where, col.impute, col.fill_value, None)
+        return problems
 
     # --- derived views -------------------------------------------------------
 

@@ -148,6 +148,21 @@ def _foreign_estimator(genuine: bytes, marker: Path) -> bytes:
     return _edit_schema(genuine, edit)
 
 
+def _partial_exec(genuine: bytes, marker: Path) -> bytes:
+    """The shape a native-categorical HistGradientBoosting legitimately holds -- FunctionTransformer(func=
+    functools.partial(...)) -- with exec in place of check_array: it would run code at predict time."""
+    def edit(schema: dict[str, Any]) -> None:
+        partial = {"__class__": "partial", "__module__": "functools", "__loader__": "PartialNode",
+                   "content": {"func": function("builtins", "exec"), "args": tuple_node(json_node(touch_code(marker))),
+                               "kwds": dict_node(), "namespace": dict_node()}}
+        step = {"__class__": "FunctionTransformer", "__module__": "sklearn.preprocessing._function_transformer",
+                "__loader__": "ObjectNode",
+                "content": dict_node(func=partial, validate=json_node(False), accept_sparse=json_node(False),
+                                     check_inverse=json_node(False))}
+        schema["content"]["content"]["memory"] = step
+    return _edit_schema(genuine, edit)
+
+
 CATALOGUE: list[Crafted] = [
     Crafted("numpy-runstring", "numpy.testing._private.utils.runstring (exec under a numpy. name)", "load",
             _plant(lambda m: call("numpy.testing._private.utils", "runstring", json_node(touch_code(m)),
@@ -185,6 +200,8 @@ CATALOGUE: list[Crafted] = [
             _plant(lambda m: call("scipy.io", "savemat", json_node(str(m)), dict_node()))),
     Crafted("function-transformer-exec", "a FunctionTransformer step with func=exec (runs at predict)", "static",
             _foreign_estimator),
+    Crafted("partial-exec", "FunctionTransformer(func=functools.partial(exec, code)): the allowed shape, another "
+            "function", "static", _partial_exec),
     Crafted("tree-out-of-bounds", "a tree node pointing 10 million nodes past its tree", "build",
             _tree_out_of_bounds),
     Crafted("npy-header-bomb", "an array header declaring 8 TiB", "alloc", _npy_bomb),

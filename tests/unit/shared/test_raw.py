@@ -505,3 +505,20 @@ def test_source_frame_dtypes_match_records() -> None:
                          note=["a", None, "c"][i]) for i in range(3)])
     assert list(frame[INPUT_COLUMNS].dtypes) == list(records.dtypes)
     pd.testing.assert_frame_equal(frame[INPUT_COLUMNS], records, check_exact=True)
+
+
+def test_the_missing_category_marker_is_refused_as_data_in_json_and_csv() -> None:
+    """A category spelled like the caster's missing marker would silently mean "missing"."""
+    raw = SPEC.model_dump(by_alias=True)
+    raw["columns"]["kind"]["max_length"] = 64
+    spec = DatasetSpec.model_validate(raw)
+    _, problems = normalize_records([record(), record(rid="r2", kind="__missing__")], spec)
+    (p,) = problems.items
+    assert (p.code, p.column, p.rows) == ("reserved_value", "kind", (1,))
+    assert "leave the cell empty if it means missing" in p.message
+    frame = pd.DataFrame([{**{k: str(v) for k, v in record(kind="__missing__").items()}, "label": "1",
+                           "ingested": ""}])
+    _, problems, _ = normalize_frame(frame, spec)
+    assert [q.code for q in problems.items] == ["reserved_value"]
+    _, problems = normalize_records([record(kind="_missing_"), record(rid="r3", note="__missing__")], spec)
+    assert not problems, problems.items  # other spellings, and free text (never a model input), are data
