@@ -102,11 +102,16 @@ def cmd_spec_check(args: argparse.Namespace) -> int:
     frame = rows_frame(rows, spec)  # decoded exactly as training will read the stored rows
     has_label = frame[spec.label].notna().to_numpy()
     # the classes as training reads them (integral floats -> integers)
-    labeled = pd.Series(labels(frame.loc[has_label], spec)).astype(str)
+    regression = spec.model.task == "regression"
+    values = labels(frame.loc[has_label], spec)
+    labeled = pd.Series(values).astype(str)
     counts = labeled.value_counts().sort_index()
     problems: list[str] = []
     if not len(labeled):
         problems.append(f"no row has a {spec.label!r} yet: `fti train` would refuse this version")
+    elif regression:
+        if len(counts) < 2:
+            problems.append(f"every labeled row has {spec.label!r} = {counts.index[0]!r}: nothing to regress on")
     elif len(counts) < 2:
         problems.append(f"every labeled row has {spec.label!r} = {counts.index[0]!r}: a classifier needs at least "
                         "two classes")
@@ -118,8 +123,12 @@ def cmd_spec_check(args: argparse.Namespace) -> int:
     print(f"spec {args.spec}: valid (dataset {spec.name!r}, spec hash {loaded.hash[:16]}...)")
     print(f"source {manifest['source_location']}: {len(frame)} feature rows would be published "
           f"(checksum {manifest['checksum'][:16]}...)")
-    print(f"label {spec.label!r}: " + ", ".join(f"{k!r} {v}" for k, v in counts.items())
-          + f"; {len(frame) - len(labeled)} rows without a label yet")
+    if regression and len(values):
+        print(f"label {spec.label!r}: {len(values)} values from {float(values.min()):g} to {float(values.max()):g} "
+              f"(mean {float(values.mean()):g}); {len(frame) - len(labeled)} rows without a label yet")
+    else:
+        print(f"label {spec.label!r}: " + ", ".join(f"{k!r} {v}" for k, v in counts.items())
+              + f"; {len(frame) - len(labeled)} rows without a label yet")
     print(f"model {spec.model.name!r}: {spec.model.estimator.class_path} on {len(spec.model_features)} features "
           f"({', '.join(spec.model_features[:8])}{', ...' if len(spec.model_features) > 8 else ''})")
     for w in warnings:
@@ -146,7 +155,7 @@ def cmd_spec_init(args: argparse.Namespace) -> int:
         print(f"fti: error: {out} exists; pass --force to replace it, or --out another path", file=sys.stderr)
         return int(ExitCode.USER_ERROR)
     try:
-        spec, notes = draft(source, args.label, record_id=args.record_id, entity_key=args.entity_key,
+        spec, notes = draft(source, args.label, task=args.task, record_id=args.record_id, entity_key=args.entity_key,
                             event_time=args.event_time, name=args.name)
     except SpecInitError as exc:
         print(f"fti: error: {exc}", file=sys.stderr)
@@ -384,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     si = spec_cmd.add_parser("init", help="draft a spec from a CSV file (types, roles, no bounds) for you to edit")
     si.add_argument("--source", required=True, help="the CSV file")
     si.add_argument("--label", required=True, help="the column the model predicts")
+    si.add_argument("--task", choices=["classification", "regression"],
+                    help="default: regression for non-integer numbers or integers with over 20 distinct values")
     si.add_argument("--record-id", help="the column unique per row (default: the first column that is)")
     si.add_argument("--entity-key", help="the column grouping rows by entity (default: the record id: one row each)")
     si.add_argument("--event-time", help="the ISO timestamp column of each row's event (default: none)")

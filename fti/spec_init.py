@@ -70,9 +70,16 @@ def _describe(values: pd.Series, kind: str) -> str:
     return "; ".join(parts)
 
 
+REGRESSION_MIN_DISTINCT = 20  # an integer label with more distinct values than this is drafted as a number
+
+
 def draft(source: Path, label: str, *, record_id: str | None = None, entity_key: str | None = None,
-          event_time: str | None = None, name: str | None = None) -> tuple[dict[str, Any], list[str]]:
-    """(the spec as a mapping, notes for the user) for the CSV at ``source``."""
+          event_time: str | None = None, name: str | None = None, task: str | None = None
+          ) -> tuple[dict[str, Any], list[str]]:
+    """(the spec as a mapping, notes for the user) for the CSV at ``source``.
+
+    ``task`` None infers it from the label: non-integer numbers, or integers with more than
+    :data:`REGRESSION_MIN_DISTINCT` distinct values, are a regression target; anything else has classes."""
     frame = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig")
     if frame.empty:
         raise SpecInitError(f"{source} has no data rows")
@@ -101,11 +108,19 @@ def draft(source: Path, label: str, *, record_id: str | None = None, entity_key:
         kind = column_type(frame[col])
         if col in (record_id, entity_key) and kind not in ("int", "string", "category"):
             kind = "string"
-        if col == label and kind in ("float", "string", "timestamp"):
-            if kind == "float":
-                raise SpecInitError(f"label {label!r} holds non-integer numbers: regression is not supported yet; "
-                                    "fti trains classifiers")
-            kind = "category"
+        if col == label:
+            distinct = frame[col][frame[col] != ""].nunique()
+            numeric = kind in ("int", "float")
+            if task is None:
+                task = "regression" if kind == "float" or (kind == "int" and distinct > REGRESSION_MIN_DISTINCT) \
+                    else "classification"
+                if task == "regression":
+                    notes.append(f"label {label!r}: {distinct} distinct numbers, so a regression (--task "
+                                 "classification to predict classes instead)")
+            if task == "regression" and not numeric:
+                raise SpecInitError(f"--task regression needs a numeric label; {label!r} holds {kind} values")
+            if task == "classification" and kind in ("float", "string", "timestamp"):
+                kind = "category"
         entry: dict[str, Any] = {"type": kind}
         if col in (record_id, entity_key, event_time, label):
             entry["nullable"] = False
@@ -119,12 +134,13 @@ def draft(source: Path, label: str, *, record_id: str | None = None, entity_key:
         raise SpecInitError(f"--event-time {event_time!r} does not hold ISO timestamps (e.g. 2024-03-05 14:22:31)")
     classes = sorted(frame[label][frame[label] != ""].unique())
     if len(classes) < 2:
-        raise SpecInitError(f"label {label!r} has {len(classes)} distinct value(s); a classifier needs two or more")
+        raise SpecInitError(f"label {label!r} has {len(classes)} distinct value(s); a model needs two or more")
+    regression = task == "regression"
     if (frame[label] == "").any():
         columns[label]["nullable"] = True
         notes.append(f"{int((frame[label] == '').sum())} rows have no {label!r} yet: kept in feature versions, "
                      "skipped by training")
-    if len(classes) == 2:
+    if len(classes) == 2 and not regression:
         notes.append(f"binary label {label!r} {classes}: metrics describe {classes[-1]!r} (the last); set "
                      "model.positive_class to the event you care about")
     dataset = _NAME.sub("_", name or source.stem).strip("_").lower()[:60] or "dataset"
@@ -142,10 +158,13 @@ def draft(source: Path, label: str, *, record_id: str | None = None, entity_key:
         "columns": columns,
         "model": {
             "name": f"{dataset.replace('_', '-')}-model",
-            "estimator": {"class": "sklearn.ensemble.HistGradientBoostingClassifier",
+            **({"task": "regression"} if regression else {}),
+            "estimator": {"class": "sklearn.ensemble.HistGradientBoosting"
+                                   + ("Regressor" if regression else "Classifier"),
                           "params": {"max_iter": 200}},
-            "primary_metric": "roc_auc",
-            "split": {"method": "time" if event_time else "stratified", "test_size": 0.25},
+            "primary_metric": "rmse" if regression else "roc_auc",
+            "split": {"method": "time" if event_time else "random" if regression else "stratified",
+                      "test_size": 0.25},
             "seed": 42,
         },
     }

@@ -378,20 +378,24 @@ class _Job:
         return done, batch_digest.hexdigest(), {k: round(v, 3) for k, v in timings.items()}
 
     def _rows(self, chunk: Sequence[Any], proba: np.ndarray) -> list[dict[str, Any]]:
-        spec, info, model, labels, classes = self.spec, self.info, self.model, self.labels, self.model.classes
+        model, labels, classes = self.model, self.labels, self.model.classes
+        if model.is_regressor:  # the one output column is the predicted value
+            return [self._row(r, repr(value), outputs(value, None)) for r, value in zip(chunk, proba[:, 0].tolist(),
+                                                                                        strict=True)]
         threshold = model.decision.threshold if model.decision is not None else None
         best = model.decide(proba).tolist()  # the model's decision rule, as /predict applies it
-        out = []
-        for r, p, k in zip(chunk, proba.tolist(), best, strict=True):
-            out.append({
-                "prediction_id": bt.prediction_id(spec.name, info.version, model.name, model.version, r.record_id),
-                "batch_id": self.batch_id, "dataset": spec.name, "record_id": r.record_id,
-                "entity_key": r.entity_key, "as_of": r.event_time if spec.event_time else None,
-                "model_name": model.name, "model_version": model.version, "feature_version": info.version,
-                "prediction": str(classes[k]),
-                "outputs": canonical_json(outputs(classes[k], dict(zip(labels, p, strict=True)), threshold)),
-            })
-        return out
+        return [self._row(r, str(classes[k]), outputs(classes[k], dict(zip(labels, p, strict=True)), threshold))
+                for r, p, k in zip(chunk, proba.tolist(), best, strict=True)]
+
+    def _row(self, r: Any, prediction: str, out: dict[str, Any]) -> dict[str, Any]:
+        spec, info, model = self.spec, self.info, self.model
+        return {
+            "prediction_id": bt.prediction_id(spec.name, info.version, model.name, model.version, r.record_id),
+            "batch_id": self.batch_id, "dataset": spec.name, "record_id": r.record_id,
+            "entity_key": r.entity_key, "as_of": r.event_time if spec.event_time else None,
+            "model_name": model.name, "model_version": model.version, "feature_version": info.version,
+            "prediction": prediction, "outputs": canonical_json(out),
+        }
 
 
 __all__ = ["BatchError", "BatchResult", "BatchSettings", "ModelLoadError", "ModelRef", "parse_model_ref", "run",

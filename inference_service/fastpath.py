@@ -26,7 +26,6 @@ for bit at load (certificate plus a generated sample) before using it.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,11 +202,9 @@ def compile_pipeline(pipeline: Any, *, tree_max_rows: int = 128) -> FastPath:
         raise Unsupported("the ColumnTransformer's output layout is not the one the fast path derives")
     if n_out != len(expected):
         raise Unsupported(f"the ColumnTransformer outputs {len(expected)} columns, the fast path {n_out}")
-    if not hasattr(estimator, "predict_proba"):
-        raise Unsupported("the estimator has no predict_proba")
-    bare = copy.copy(estimator)  # shares the fitted state; only the feature-name check is dropped
-    if hasattr(bare, "feature_names_in_"):
-        del bare.feature_names_in_
+    if not hasattr(estimator, "predict_proba") and not hasattr(estimator, "predict"):
+        raise Unsupported("the estimator has neither predict_proba nor predict")
+    bare = rowwise.without_names(estimator)  # shares the fitted state; only the feature-name check is dropped
     fast = FastPath(features=features, numeric=numeric, n_out=n_out, blocks=blocks, estimator=bare,
                     tree_max_rows=tree_max_rows)
     from inference_service import fast_trees

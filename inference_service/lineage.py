@@ -87,6 +87,14 @@ def recompute(logged: LoggedPrediction, spec: LoadedSpec, engine: Engine, model:
     feats = certificate_features([logged.inputs], spec.spec, engine, logged.feature_version,  # type: ignore[arg-type]
                                  replay=False)
     probas = scoring.predict_proba(model, feats)
+    if model.is_regressor:  # the value, compared exactly
+        value = float(probas[0, 0])
+        logged_value = logged.outputs.get("prediction")
+        same = isinstance(logged_value, (int, float)) and not isinstance(logged_value, bool) \
+            and float(logged_value) == value
+        return {"equal": bool(same), "prediction": value, "same_prediction": bool(same),
+                "max_abs_diff": abs(float(logged_value) - value) if isinstance(logged_value, (int, float)) else None,
+                "history_feature_version": logged.feature_version}
     proba = probas[0]
     labels = [str(c) for c in model.classes]
     probabilities = dict(zip(labels, proba.tolist(), strict=True))

@@ -71,6 +71,11 @@ class LoadedModel:
         except ValueError:  # a tag that names no class: the default, as before the tag existed
             return len(self.classes) - 1
 
+    @property
+    def is_regressor(self) -> bool:
+        """A regression model: its output matrix has one column, the predicted value (no classes)."""
+        return not self.classes
+
     def decide(self, proba: Any) -> Any:
         """Index into ``classes`` of each row's answer: the decision rule's, or argmax without one."""
         return apply_decision(proba, self.positive_index, self.decision.threshold if self.decision else None)
@@ -212,7 +217,7 @@ class MlflowLoader:
         pipeline = load_skops_model(model_dir, tags.get(Tag.ARTIFACT_SHA256), self.memory_limit_mb)
         features = model_input_columns(pipeline)
         check_contract(spec, name, version, tags, features)
-        decision = read_decision(name, version, model_dir, pipeline.classes_, tags)  # after the digest check
+        decision = read_decision(name, version, model_dir, getattr(pipeline, "classes_", []), tags)  # after the digest
         from inference_service import scoring
 
         scorer = self.prepare_scorer(pipeline, features, certificate) if prepare_fast else \
@@ -220,7 +225,7 @@ class MlflowLoader:
                                  else "fast path disabled (FTI_FAST_PATH=false)")
         loaded = LoadedModel(pipeline=pipeline, name=name, version=version, alias=alias, run_id=run_id, tags=tags,
                              features=features,
-                             classes=[c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
+                             classes=[c.item() if hasattr(c, "item") else c for c in getattr(pipeline, "classes_", [])],
                              certificate=certificate, environment=environment, env_overridden=overridden,
                              load_seconds=time.perf_counter() - t0, scorer=scorer, alias_confirmed=alias_confirmed,
                              decision=decision)

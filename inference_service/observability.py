@@ -60,7 +60,7 @@ class ScoreHistogram(Collector):
         self._series: dict[tuple[str, str], list[Any]] = {}  # (endpoint, version) -> [counts, sum]
 
     def observe(self, endpoint: str, version: str, proba: np.ndarray, positive: int = -1) -> None:
-        if proba.ndim != 2 or proba.shape[0] == 0:
+        if proba.ndim != 2 or proba.shape[0] == 0 or proba.shape[1] < 2:  # a regressor's values are no scores
             return
         scores = proba[:, positive] if proba.shape[1] == 2 else proba.max(axis=1)
         counts = np.bincount(np.searchsorted(self._edges, scores, side="left"), minlength=len(self._edges) + 1)

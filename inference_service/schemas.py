@@ -51,11 +51,13 @@ def predict_request_schema(spec: DatasetSpec, max_rows: int) -> dict[str, Any]:
 class Prediction(BaseModel):
     prediction_id: str
     record_id: str
-    prediction: int | str = Field(description="the decided class: with a decision rule (see `decision`), the "
-                                  "positive class when `score >= threshold`; otherwise the most probable class")
+    prediction: int | str | float = Field(description="regression: the predicted value; classification: the "
+                                          "decided class -- with a decision rule (see `decision`), the positive "
+                                          "class when `score >= threshold`, otherwise the most probable class")
     score: float | None = Field(default=None, description="with a decision rule only: the positive class's "
                                 "probability, the number compared with the threshold")
-    probabilities: dict[str, float] = Field(description="class label -> probability")
+    probabilities: dict[str, float] | None = Field(default=None, description="classification: class label -> "
+                                                   "probability (absent for regression)")
 
 
 class DecisionRule(BaseModel):

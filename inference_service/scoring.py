@@ -153,8 +153,8 @@ def verify(fast: fastpath.FastPath, pipeline: Any, certificate: dict[str, Any] |
         regime = regimes[0] if b - a == n else regimes[2] if b - a == 1 else regimes[1]
         got = fast.predict_proba(_rows(columns, a, b), b - a)
         # one row: scikit-learn's own answer on that row alone, the definition of the reference
-        ref = want if (a, b) == (0, n) else np.asarray(pipeline.predict_proba(frame.iloc[a:b][fast.features]),
-                                                        dtype=np.float64) if b - a == 1 else \
+        ref = want if (a, b) == (0, n) else rowwise.outputs(pipeline, frame.iloc[a:b][fast.features]) \
+            if b - a == 1 else \
             rowwise.predict_proba(pipeline, frame.iloc[a:b][fast.features])
         if got.shape != ref.shape or not np.array_equal(got, ref):
             diff = np.abs(got - ref) if got.shape == ref.shape else np.full((b - a, 1), np.inf)

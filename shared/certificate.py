@@ -266,7 +266,7 @@ def build(eval_frame: pd.DataFrame, spec: DatasetSpec, pipeline: Any, info: ft.V
     return {
         "format": CERTIFICATE_FORMAT, "dataset": spec.name, "feature_version": info.version,
         "feature_checksum": info.checksum, "model_features": features,
-        "classes": [c.item() if hasattr(c, "item") else c for c in pipeline.classes_],
+        "classes": [c.item() if hasattr(c, "item") else c for c in getattr(pipeline, "classes_", [])],
         "records": records, "features": _json_features(model_inputs, features),
         "live": [i for i, flag in enumerate(live) if flag],
         "expected": np.asarray(proba, dtype=np.float64).tolist(),

@@ -11,6 +11,7 @@ replayable input and output:
   reproduces the model input bit for bit;
 * ``outputs`` -- ``{"prediction": ..., "probabilities": {label: float}}``, plus
   ``"threshold"`` when a decision rule (``model.decision``) decided (:func:`outputs`);
+  a regression model's is ``{"prediction": <float>}``;
   floats are written with Python's shortest round-trip repr, so they read back
   identical.
 
@@ -35,9 +36,13 @@ from shared import feature_table as ft
 PREDICTION_LOG_REVISION = "0002"
 
 
-def outputs(prediction: Any, probabilities: dict[str, float], threshold: float | None = None) -> dict[str, Any]:
-    """A logged or batch-scored prediction's ``outputs`` (the same shape in both tables)."""
-    out: dict[str, Any] = {"prediction": prediction, "probabilities": probabilities}
+def outputs(prediction: Any, probabilities: dict[str, float] | None, threshold: float | None = None
+            ) -> dict[str, Any]:
+    """A logged or batch-scored prediction's ``outputs`` (the same shape in both tables); a regression
+    model's has no ``probabilities``, its ``prediction`` is the value."""
+    out: dict[str, Any] = {"prediction": prediction}
+    if probabilities is not None:
+        out["probabilities"] = probabilities
     if threshold is not None:
         out["threshold"] = threshold
     return out

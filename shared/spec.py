@@ -207,7 +207,8 @@ class SplitSpec(_Model):
     test_size: float = Field(default=0.25, gt=0, lt=1)
 
 
-PrimaryMetric = Literal["roc_auc", "average_precision", "log_loss", "f1", "accuracy"]
+PrimaryMetric = Literal["roc_auc", "average_precision", "log_loss", "f1", "accuracy", "rmse", "mae", "r2"]
+REGRESSION_METRICS = frozenset({"rmse", "mae", "r2"})
 
 
 class DecisionSpec(_Model):
@@ -301,11 +302,14 @@ class PreprocessingSpec(_Model):
 #: (section, key) -> default: settings added after the spec format shipped, left out of the content hash
 #: while they hold their default.
 _ADDED_LATER = {("model", "positive_class"): None, ("model", "repeats"): 1, ("model", "decision"): None,
-                ("model", "preprocessing"): None}
+                ("model", "preprocessing"): None, ("model", "task"): "classification"}
 
 
 class ModelSpec(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")]
+    # classification: a classifier with predict_proba (the label's classes); regression: a regressor
+    # predicting a number (an int or float label).
+    task: Literal["classification", "regression"] = "classification"
     estimator: EstimatorSpec
     # Feature-table columns fed to the model, in this order. Default: every raw
     # column marked ``feature: true`` (except key/time/label/record id), then the
@@ -324,6 +328,32 @@ class ModelSpec(_Model):
     decision: DecisionSpec | None = None
     # The steps between the caster and the estimator; see PreprocessingSpec (unset: all ``auto``).
     preprocessing: PreprocessingSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regression_metric_default(cls, data: Any) -> Any:
+        """A regression spec that names no primary metric is scored by RMSE (roc_auc means nothing there)."""
+        if isinstance(data, dict) and data.get("task") == "regression" and "primary_metric" not in data:
+            return {**data, "primary_metric": "rmse"}
+        return data
+
+    @model_validator(mode="after")
+    def _task_settings(self) -> ModelSpec:
+        problems = []
+        regression = self.task == "regression"
+        if regression != (self.primary_metric in REGRESSION_METRICS):
+            wanted = "rmse, mae or r2" if regression else "roc_auc, average_precision, log_loss, f1 or accuracy"
+            problems.append(f"primary_metric {self.primary_metric!r} does not apply to task {self.task!r}: "
+                            f"use {wanted}")
+        if regression:
+            for key in ("positive_class", "decision"):
+                if getattr(self, key) is not None:
+                    problems.append(f"model.{key} applies to classification; remove it for task 'regression'")
+            if self.split.method == "stratified":
+                problems.append("split.method 'stratified' needs classes; use 'random' or 'time' for regression")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class DatasetSpec(_Model):
@@ -367,7 +397,13 @@ class DatasetSpec(_Model):
         need(self.entity_key, "entity_key", keyish)
         if self.event_time is not None:
             need(self.event_time, "event_time", {ColumnType.TIMESTAMP})
-        need(self.label, "label", {ColumnType.INT, ColumnType.BOOL, ColumnType.CATEGORY, ColumnType.STRING})
+        if self.model.task == "regression":
+            need(self.label, "label", {ColumnType.INT, ColumnType.FLOAT})
+        elif self.label in cols and cols[self.label].type == ColumnType.FLOAT:
+            errors.append(f"label {self.label!r} is a float: a classifier needs classes; set model.task: regression "
+                          "to predict the number, or declare the label int, bool or category")
+        else:
+            need(self.label, "label", {ColumnType.INT, ColumnType.BOOL, ColumnType.CATEGORY, ColumnType.STRING})
         for role, name in (("record_id", self.record_id), ("entity_key", self.entity_key),
                            ("event_time", self.event_time)):
             if name in cols and cols[name].nullable:

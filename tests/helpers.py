@@ -207,7 +207,8 @@ def assert_served_equals_registered(data_dir: Path, spec: Any, records: list[dic
                                     preds: list[dict[str, Any]], *, feature_version: int = 1,
                                     model_version: int = 1) -> Any:
     """``/predict``'s answers for ``records`` are, bit for bit, the registered model version's
-    ``predict_proba`` on the stored feature rows, each row scored alone; returns the pipeline."""
+    ``predict_proba`` (a regressor's ``predict``) on the stored feature rows, each row scored alone;
+    returns the pipeline."""
     import mlflow
     import numpy as np
 
@@ -221,7 +222,32 @@ def assert_served_equals_registered(data_dir: Path, spec: Any, records: list[dic
     ids = [str(rec[spec.record_id]) for rec in records]
     assert [p["record_id"] for p in preds] == ids
     X = frame.loc[ids, spec.model_features]
+    if not hasattr(pipeline, "predict_proba"):  # a regressor: the value, each row alone
+        expected = np.array([float(pipeline.predict(X.iloc[[i]])[0]) for i in range(len(X))])
+        got = np.array([p["prediction"] for p in preds], dtype=np.float64)
+        assert np.array_equal(got, expected) and all("probabilities" not in p for p in preds)
+        return pipeline
     expected = np.vstack([pipeline.predict_proba(X.iloc[[i]]) for i in range(len(X))])
     got = np.array([[p["probabilities"][c] for c in pipeline.classes_] for p in preds])
     assert np.array_equal(got, expected)
     return pipeline
+
+
+def bundled_sklearn_csv(name: str, folder: Path) -> tuple[Path, str]:
+    """A dataset bundled with scikit-learn (nothing downloaded) as the CSV a user would have: an id
+    column, readable labels for the classification sets; returns (path, label column)."""
+    from sklearn import datasets
+
+    loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
+              "diabetes": datasets.load_diabetes}[name]
+    bunch = loader(as_frame=True)
+    frame = bunch.frame.copy()
+    frame.columns = [c.replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "") for c in frame.columns]
+    label = {"breast_cancer": "diagnosis", "wine": "cultivar", "diabetes": "progression"}[name]
+    target = frame.pop("target")
+    frame[label] = target if name == "diabetes" else target.map(dict(enumerate(bunch.target_names)))
+    frame.insert(0, "sample_id", [f"{name}-{i:04d}" for i in range(len(frame))])
+    folder.mkdir(parents=True)
+    path = folder / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    return path, label

@@ -25,10 +25,12 @@ class Dataset:
 
 
 def labels(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """Label column -> int64 when every value is integral, else str."""
+    """Label column -> regression: float64; classification: int64 when every value is integral, else str."""
     col = frame[spec.label]
     if col.isna().any():  # prepare() drops them first: reaching here is a bug, not a data problem
         raise ValueError(f"label {spec.label!r} is missing in {int(col.isna().sum())} rows of a labeled split")
+    if spec.model.task == "regression":
+        return col.to_numpy(dtype=np.float64)
     if col.dtype.kind == "f" and np.all(np.floor(col.to_numpy()) == col.to_numpy()):
         return col.to_numpy().astype(np.int64)
     return col.astype(str).to_numpy(dtype=object)
@@ -68,7 +70,8 @@ def prepare(frame: pd.DataFrame, spec: DatasetSpec, info: ft.VersionInfo) -> Dat
     train, test = split(frame, spec)
     y_train, y_test = labels(train, spec), labels(test, spec)
     if len(np.unique(y_train)) < 2:
-        raise ValueError(f"the training split of version {info.version} holds a single class; "
+        what = "a single value" if spec.model.task == "regression" else "a single class"
+        raise ValueError(f"the training split of version {info.version} holds {what}; "
                          "more data or another split is needed")
     cols = spec.model_features
     return Dataset(info, train, test, train[cols], y_train, test[cols], y_test, unlabeled)

@@ -1,4 +1,4 @@
-"""Metrics and plots for a fitted classifier on the evaluation split."""
+"""Metrics and plots for a fitted classifier or regressor on the evaluation split."""
 
 from __future__ import annotations
 
@@ -10,19 +10,32 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from shared import decision as decisions
+from shared import rowwise
 from shared.labels import positive_index
 from training_pipeline.importance import permutation_importance
 
-LOWER_IS_BETTER = {"log_loss", "brier", "decision.cost"}
+LOWER_IS_BETTER = {"log_loss", "brier", "decision.cost", "rmse", "mae"}
 
 
-def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
+def _regression_fns(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, Callable[[], float]]:
+    """Regression: RMSE, MAE and R² of the predicted values (``predicted``: the one-column output)."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64).reshape(-1)
+    return {"rmse": lambda: float(np.sqrt(skm.mean_squared_error(y, p))),
+            "mae": lambda: float(skm.mean_absolute_error(y, p)),
+            "r2": lambda: float(skm.r2_score(y, p)) if len(y) > 1 else float("nan"),
+            "n_eval": lambda: float(len(y))}
+
+
+def _metric_fns(classes: np.ndarray | None, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
                 ) -> dict[str, Callable[[], float]]:
     """Each metric as a thunk: all of them for the run, one for the permutation importance.
 
     Binary: roc_auc, average_precision, f1, precision, recall and brier describe ``positive_class``
     (``model.positive_class``; default the last class). Multi-class: roc_auc is one-vs-rest macro,
-    average_precision macro over classes, f1 macro."""
+    average_precision macro over classes, f1 macro. ``classes`` None: a regressor (:func:`_regression_fns`)."""
+    if classes is None:
+        return _regression_fns(y_true, proba)
     pred = classes[np.argmax(proba, axis=1)]
     fns: dict[str, Callable[[], float]] = {
         "accuracy": lambda: float(skm.accuracy_score(y_true, pred)),
@@ -54,12 +67,12 @@ def _metric_fns(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, posi
     return fns
 
 
-def compute_metrics(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
+def compute_metrics(classes: np.ndarray | None, y_true: np.ndarray, proba: np.ndarray, positive_class: Any = None
                     ) -> dict[str, float]:
     return {name: fn() for name, fn in _metric_fns(classes, y_true, proba, positive_class).items()}
 
 
-def metric_value(metric: str, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray,
+def metric_value(metric: str, classes: np.ndarray | None, y_true: np.ndarray, proba: np.ndarray,
                  positive_class: Any = None) -> float:
     """One metric, computed as :func:`compute_metrics` computes it."""
     return _metric_fns(classes, y_true, proba, positive_class)[metric]()
@@ -73,16 +86,10 @@ def better_or_equal(metric: str, new: float, old: float) -> bool:
     return new <= old if metric in LOWER_IS_BETTER else new >= old
 
 
-def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *, seed: int,
-            primary_metric: str, positive_class: Any = None, threshold: float | None = None) -> dict[str, Any]:
-    """ROC / PR curves, confusion matrix (of the decision rule when ``threshold`` is set), the precision
-    and recall at every threshold with the chosen one marked, and permutation feature importance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _classification_figures(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any,
+                            threshold: float | None) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
-    classes = pipe.classes_
     figs: dict[str, Any] = {}
     if len(classes) == 2:
         k = positive_index(classes, positive_class)
@@ -123,10 +130,54 @@ def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *
                                                          else ")"))
     figs["plots/confusion_matrix.png"] = fig
 
+    return figs
+
+
+def _regression_figures(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Predicted vs actual (the diagonal is perfect) and residuals vs predicted (structure = bias left)."""
+    import matplotlib.pyplot as plt
+
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(proba, dtype=np.float64).reshape(-1)
+    figs: dict[str, Any] = {}
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y, p, s=8, alpha=0.6)
+    low, high = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    ax.plot([low, high], [low, high], "k--", lw=0.8)
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title("Predicted vs actual (evaluation split)")
+    figs["plots/predicted_vs_actual.png"] = fig
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(p, y - p, s=8, alpha=0.6)
+    ax.axhline(0.0, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual - predicted")
+    ax.set_title("Residuals (evaluation split)")
+    fig.tight_layout()
+    figs["plots/residuals.png"] = fig
+    return figs
+
+
+def figures(pipe: Any, X: pd.DataFrame, y_true: np.ndarray, proba: np.ndarray, *, seed: int,
+            primary_metric: str, positive_class: Any = None, threshold: float | None = None) -> dict[str, Any]:
+    """Classification: ROC / PR curves, calibration, confusion matrix (of the decision rule when
+    ``threshold`` is set), the precision and recall at every threshold with the chosen one marked.
+    Regression: predicted vs actual, residuals. Both: permutation feature importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = getattr(pipe, "classes_", None)
+    figs = _regression_figures(y_true, proba) if classes is None else \
+        _classification_figures(classes, y_true, proba, positive_class, threshold)
+
     sample = X if len(X) <= 3000 else X.sample(3000, random_state=seed)
     y_sample = y_true if len(X) <= 3000 else y_true[sample.index.to_numpy()]
     def scoring(est: Any, X_: pd.DataFrame, y_: np.ndarray) -> float:
-        value = metric_value(primary_metric, est.classes_, y_, est.predict_proba(X_), positive_class)
+        value = metric_value(primary_metric, getattr(est, "classes_", None), y_, rowwise.outputs(est, X_),
+                             positive_class)
         return -value if primary_metric in LOWER_IS_BETTER else value
 
     imp = permutation_importance(pipe, sample, y_sample, scoring, n_repeats=3, seed=seed)

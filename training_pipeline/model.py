@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.base import is_classifier
+from sklearn.base import is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -37,8 +37,13 @@ def make_estimator(spec: DatasetSpec) -> Any:
         est = cls(**params)
     except TypeError as exc:
         raise ValueError(f"model.estimator.params do not fit {cls.__name__}: {exc}") from exc
-    if not is_classifier(est) or not hasattr(est, "predict_proba"):
-        raise ValueError(f"{spec.model.estimator.class_path} is not a classifier with predict_proba")
+    if spec.model.task == "regression":
+        if not is_regressor(est):
+            raise ValueError(f"{spec.model.estimator.class_path} is not a regressor: model.task is 'regression' "
+                             "(e.g. sklearn.ensemble.HistGradientBoostingRegressor)")
+    elif not is_classifier(est) or not hasattr(est, "predict_proba"):
+        hint = "; for a numeric target set model.task: regression" if is_regressor(est) else ""
+        raise ValueError(f"{spec.model.estimator.class_path} is not a classifier with predict_proba{hint}")
     if "random_state" in est.get_params() and "random_state" not in params:
         est.set_params(random_state=spec.model.seed)
     return est

@@ -120,20 +120,22 @@ def fit_evaluate(spec: DatasetSpec, data: Dataset) -> Fitted:
     np.random.seed(spec.model.seed)
     pipe = build_pipeline(spec)
     pipe.fit(data.X_train, data.y_train)
-    proba = rowwise.predict_proba(pipe, data.X_test)  # each row as if scored alone
-    check_binary(pipe.classes_, spec.model.positive_class)
-    metrics, decision = evaluate(spec, pipe.classes_, data.y_test, proba)
+    proba = rowwise.predict_proba(pipe, data.X_test)  # each row as if scored alone (a regressor: one column)
+    classes = getattr(pipe, "classes_", None)
+    if classes is not None:
+        check_binary(classes, spec.model.positive_class)
+    metrics, decision = evaluate(spec, classes, data.y_test, proba)
     if spec.model.repeats > 1:
         metrics.update(repeat_metrics(spec, data, metrics))
     return Fitted(pipe, proba, metrics, time.perf_counter() - t0, decision)
 
 
-def evaluate(spec: DatasetSpec, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray
+def evaluate(spec: DatasetSpec, classes: np.ndarray | None, y_true: np.ndarray, proba: np.ndarray
              ) -> tuple[dict[str, float], decisions.Decision | None]:
     """The run's metrics on the evaluation split; with ``model.decision``, the chosen rule and its
     ``decision.*`` metrics (``decision.threshold`` among them, so ``fti reproduce`` compares it)."""
     metrics = compute_metrics(classes, y_true, proba, spec.model.positive_class)
-    if spec.model.decision is None:
+    if spec.model.decision is None or classes is None:
         return metrics, None
     decision = decisions.fit(spec.model.decision.policy(), classes, positive_index(classes, spec.model.positive_class),
                              y_true, proba)
@@ -150,7 +152,8 @@ def repeat_metrics(spec: DatasetSpec, data: Dataset, first: dict[str, float]) ->
         random.seed(seeded.model.seed)
         np.random.seed(seeded.model.seed)
         pipe = build_pipeline(seeded).fit(data.X_train, data.y_train)
-        runs.append(evaluate(spec, pipe.classes_, data.y_test, rowwise.predict_proba(pipe, data.X_test))[0])
+        runs.append(evaluate(spec, getattr(pipe, "classes_", None), data.y_test,
+                             rowwise.predict_proba(pipe, data.X_test))[0])
         log.info("repeat %d/%d (seed %d): %s %.4f", i + 1, spec.model.repeats, seeded.model.seed,
                  spec.model.primary_metric, runs[-1][spec.model.primary_metric])
     out: dict[str, float] = {}
@@ -265,7 +268,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
         mv = reg.register(model_info.model_uri, spec.model.name, {**tags, Tag.RUN_ID: run_id})
         digest = reg.round_trip_check(spec.model.name, mv.version, data.X_test, proba)
         version_tags: dict[str, str] = {Tag.ARTIFACT_SHA256: digest, Tag.VALIDATED: "true"}
-        if len(pipe.classes_) == 2:
+        if len(getattr(pipe, "classes_", [])) == 2:
             version_tags[Tag.POSITIVE_CLASS] = str(pipe.classes_[positive_index(pipe.classes_,
                                                                                 spec.model.positive_class)])
         if fitted.decision is not None:

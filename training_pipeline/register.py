@@ -76,7 +76,7 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def signature_for(spec: DatasetSpec, n_classes: int) -> Any:
+def signature_for(spec: DatasetSpec, n_classes: int, *, regression: bool = False) -> Any:
     """Model signature from the spec, not from an example: a column is required only when the
     spec says it can never be missing (an example without nulls proves nothing)."""
     from mlflow.models import ModelSignature
@@ -88,18 +88,21 @@ def signature_for(spec: DatasetSpec, n_classes: int) -> Any:
         kind = "double" if spec.feature_kind(name) == "numeric" else "string"
         required = col is not None and not col.nullable
         cols.append(ColSpec(kind, name, required=required))
-    return ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), (-1, n_classes))]))
+    shape = (-1,) if regression else (-1, n_classes)
+    return ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), shape)]))
 
 
 def log_model(pipe: Any, spec: DatasetSpec, X_example: pd.DataFrame, extra_files: list[str] | None = None) -> Any:
     import mlflow
     import skops.io
 
-    signature = signature_for(spec, len(pipe.classes_))
+    regression = spec.model.task == "regression"  # MLflow's pyfunc then answers predict(): one value per row
+    signature = signature_for(spec, 1 if regression else len(pipe.classes_), regression=regression)
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipe))
     return mlflow.sklearn.log_model(
         pipe, name="model", signature=signature, input_example=X_example.head(5),
-        pyfunc_predict_fn="predict_proba", serialization_format="skops", skops_trusted_types=trusted,
+        pyfunc_predict_fn="predict" if regression else "predict_proba", serialization_format="skops",
+        skops_trusted_types=trusted,
         pip_requirements=pip_requirements(), extra_files=extra_files)
 
 
@@ -200,7 +203,7 @@ def champion_score(metric: str, old: Any, rule: decisions.Decision | None, X: pd
 
     proba = rowwise.predict_proba(old, X)
     if decision_policy is None:
-        return compute_metrics(old.classes_, y, proba, positive_class)[metric]
+        return compute_metrics(getattr(old, "classes_", None), y, proba, positive_class)[metric]
     if len(old.classes_) != 2:
         raise ValueError(f"the champion has {len(old.classes_)} classes; a decision policy needs a binary label")
     k = positive_index(old.classes_, positive_class)

@@ -739,8 +739,8 @@ def _compare_predictions(report: Report, spec: DatasetSpec, certificate: dict[st
         ev = {"rows": len(eval_ids), "identical": False, "differing": len(eval_ids), "max_abs_diff": None,
               "error": f"the original model needs columns the evaluation rows lack: {', '.join(absent[:5])}",
               "first_differing": []}
-    classes_a = [c.item() if hasattr(c, "item") else c for c in original.classes_]
-    classes_b = [c.item() if hasattr(c, "item") else c for c in pipe.classes_]
+    classes_a = [c.item() if hasattr(c, "item") else c for c in getattr(original, "classes_", [])]
+    classes_b = [c.item() if hasattr(c, "item") else c for c in getattr(pipe, "classes_", [])]
     if classes_a != classes_b:
         ev["error"] = f"classes differ: {classes_a} vs {classes_b}"
         ev["identical"] = False

@@ -137,7 +137,9 @@ async def score_invocation(runtime: Runtime, content_type: str | None, raw: byte
 
 def _score_encoded(model: Any, canonical: dict[str, Any], n: int) -> tuple[Any, bytes]:
     proba = scoring.predict_columns(model, canonical, n)
-    body = encode_last_list(_DUMPS, {"predictions": proba.tolist()}, "predictions", item_separator=", ",
+    # as MLflow's pyfunc: a classifier's predict_proba rows, a regressor's predict values (a flat list)
+    values = proba[:, 0].tolist() if model.is_regressor else proba.tolist()
+    body = encode_last_list(_DUMPS, {"predictions": values}, "predictions", item_separator=", ",
                             key_separator=": ")
     return proba, body.encode()
 

@@ -54,10 +54,13 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
     classes = model.classes
     labels = [str(c) for c in classes]
     ids = scored.column(spec.record_id)
-    decided = model.decide(scored.proba).tolist()
+    out: list[dict[str, Any]] = []
+    if model.is_regressor:  # the one output column is the predicted value
+        for i, value in enumerate(scored.proba[:, 0].tolist()):
+            out.append({"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": value})
+    decided = model.decide(scored.proba).tolist() if not model.is_regressor else []
     k = model.positive_index if model.decision is not None else None
-    out = []
-    for i, row in enumerate(scored.proba):
+    for i, row in enumerate(scored.proba if not model.is_regressor else []):
         item = {"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": classes[decided[i]]}
         if k is not None:
             item["score"] = float(row[k])
@@ -100,7 +103,7 @@ def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: 
              "dataset": spec.name, "model_name": model.name, "model_version": model.version,
              "feature_version": scored.feature_version, "record_id": str(p["record_id"]),
              "entity_key": str(entities[i]), "event_time": times[i], "inputs": canonical_json(inputs[i]),
-             "outputs": canonical_json(outputs(p["prediction"], p["probabilities"], threshold))}
+             "outputs": canonical_json(outputs(p["prediction"], p.get("probabilities"), threshold))}
             for i, p in enumerate(predictions)]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -16,30 +15,21 @@ import yaml
 
 from shared.registry_contract import Tag
 from shared.spec import load_spec
-from tests.helpers import Server, assert_served_equals_registered, fti_env, raw_json_records, run_fti
+from tests.helpers import (
+    Server,
+    assert_served_equals_registered,
+    bundled_sklearn_csv,
+    fti_env,
+    raw_json_records,
+    run_fti,
+)
 
 pytestmark = [pytest.mark.e2e]
 
 
-def _bundled(name: str, folder: Path) -> tuple[Path, str]:
-    """A bundled scikit-learn dataset as the CSV a user would have: an id column, readable labels."""
-    from sklearn import datasets
-
-    bunch = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine}[name](as_frame=True)
-    frame = bunch.frame.copy()
-    frame.columns = [c.replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "") for c in frame.columns]
-    label = "diagnosis" if name == "breast_cancer" else "cultivar"
-    frame[label] = frame.pop("target").map(dict(enumerate(bunch.target_names)))
-    frame.insert(0, "sample_id", [f"{name}-{i:04d}" for i in range(len(frame))])
-    folder.mkdir(parents=True)
-    path = folder / f"{name}.csv"
-    frame.to_csv(path, index=False)
-    return path, label
-
-
 @pytest.mark.parametrize("name", ["breast_cancer", "wine"])
 def test_a_bundled_dataset_goes_from_csv_to_served_predictions_by_spec_alone(tmp_path, name):
-    csv, label = _bundled(name, tmp_path / "raw")
+    csv, label = bundled_sklearn_csv(name, tmp_path / "raw")
     env = fti_env(tmp_path / "data", OMP_NUM_THREADS="1")
     res = run_fti(["spec", "init", "--source", str(csv), "--label", label, "--out", str(tmp_path / "spec.yaml")], env)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -46,7 +46,7 @@ def test_a_draft_loads_and_notes_what_it_guessed(tmp_path):
 
 @pytest.mark.parametrize(("frame", "kwargs", "message"), [
     (pd.DataFrame({"a": [1, 1], "y": [0, 1]}), {}, "pass --record-id COLUMN"),
-    (pd.DataFrame({"id": [1, 2], "y": [0.5, 1.5]}), {}, "regression is not supported yet"),
+    (pd.DataFrame({"id": [1, 2], "y": ["a", "b"]}), {"task": "regression"}, "needs a numeric label"),
     (pd.DataFrame({"id": [1, 2], "y": [1, 1]}), {}, "needs two or more"),
     (pd.DataFrame({"id": [1, 2], "y": [0, 1]}), {"event_time": "when"}, "--event-time 'when' is not a column"),
     (pd.DataFrame({"id": [1, 2], "y": [0, 1]}), {"event_time": "id"}, "does not hold ISO timestamps"),
@@ -55,3 +55,20 @@ def test_a_draft_loads_and_notes_what_it_guessed(tmp_path):
 def test_what_cannot_be_drafted_says_what_to_pass(tmp_path, frame, kwargs, message):
     with pytest.raises(SpecInitError, match=message):
         draft(_csv(tmp_path, frame), "y", **kwargs)
+
+
+@pytest.mark.parametrize(("values", "task", "estimator"), [
+    ([0.5 + i for i in range(30)], "regression", "HistGradientBoostingRegressor"),  # non-integer numbers
+    (list(range(30)), "regression", "HistGradientBoostingRegressor"),  # many distinct integers
+    ([i % 5 for i in range(30)], "classification", "HistGradientBoostingClassifier"),  # a few integer codes
+])
+def test_the_task_is_inferred_from_the_label_and_drafts_a_valid_spec(tmp_path, values, task, estimator):
+    frame = pd.DataFrame({"id": range(30), "x": [i * 0.1 for i in range(30)], "y": values})
+    spec, notes = draft(_csv(tmp_path, frame), "y")
+    parsed = DatasetSpec.model_validate(spec)
+    assert parsed.model.task == task and parsed.model.estimator.class_path.endswith(estimator)
+    if task == "regression":
+        assert parsed.model.primary_metric == "rmse" and parsed.model.split.method == "random"
+        assert any("a regression (--task classification" in n for n in notes)
+    forced, _ = draft(_csv(tmp_path, frame), "y", task="classification")
+    assert DatasetSpec.model_validate(forced).model.task == "classification"
