@@ -81,8 +81,10 @@ def cmd_features_run(args: argparse.Namespace) -> int:
     result = run(_spec(args.spec), Settings(), as_of=args.as_of, strict=args.strict)
     info = result.info
     state = "created" if result.published.created else "unchanged (identical content already published)"
-    print(f"feature version {info.version} of {info.dataset!r}: {state}; {info.row_count} rows, "
-          f"checksum {info.checksum[:16]}..., as of {info.as_of.isoformat()}Z ({result.seconds:.1f}s)")
+    unlabeled = int((info.details or {}).get("unlabeled_rows") or 0)
+    print(f"feature version {info.version} of {info.dataset!r}: {state}; {info.row_count} rows"
+          + (f" ({unlabeled} without a label yet)" if unlabeled else "")
+          + f", checksum {info.checksum[:16]}..., as of {info.as_of.isoformat()}Z ({result.seconds:.1f}s)")
     return 0
 
 

@@ -136,7 +136,9 @@ def build(loaded: LoadedSpec, src: Extracted, *, as_of: pd.Timestamp | None = No
         "shared_version": shared_version(), "code_commit": code_commit(),
         "source_format": spec.source.format, "source_location": src.location, "source_sha256": src.sha256,
         "as_of": ft.naive_utc(as_of), "columns": ft.frame_columns(spec),
-        "details": {"source_rows": len(src.frame), "ignored_columns": extra, "warnings": warnings},
+        # rows whose label has not arrived yet: kept (serving sees them), skipped by training
+        "details": {"source_rows": len(src.frame), "ignored_columns": extra, "warnings": warnings,
+                    "unlabeled_rows": int(features[spec.label].isna().sum())},
         "created_at": ft.utcnow(),
     }
     event_times = [ft.naive_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * n

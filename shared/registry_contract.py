@@ -56,6 +56,7 @@ class Artifact(StrEnum):
     SPEC_DIR = "spec"
     FEATURE_VERSION = "lineage/feature_version.json"
     GATE_DECISION = "gate/decision.json"
+    PER_CLASS_REPORT = "evaluation/per_class.json"  # precision/recall/F1 per class (run artifact)
     DECISION = "decision.json"  # shared.decision: the fitted decision rule (threshold), beside the model
 
 

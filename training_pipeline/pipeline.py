@@ -165,6 +165,20 @@ def repeat_metrics(spec: DatasetSpec, data: Dataset, first: dict[str, float]) ->
     return out
 
 
+def per_class_report(spec: DatasetSpec, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray,
+                     decision: decisions.Decision | None) -> dict[str, Any]:
+    """Precision, recall, F1 and support of every class on the evaluation split, of the served decision
+    (the rule's when there is one, else argmax). An artifact, not metrics: runs logged before it existed
+    still reproduce with the same set of metrics."""
+    from sklearn.metrics import classification_report
+
+    k = positive_index(classes, spec.model.positive_class) if len(classes) == 2 else -1
+    decided = classes[decisions.apply(proba, k, decision.threshold if decision else None)]
+    report = classification_report(y_true, decided, labels=list(classes), target_names=[str(c) for c in classes],
+                                   output_dict=True, zero_division=0)
+    return {"decided_by": "threshold" if decision else "argmax", "classes": report}
+
+
 class AlreadyTrained(Exception):
     """``--skip-if-trained``: a validated version from the same spec and feature content exists."""
 
@@ -247,6 +261,9 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
                                  positive_class=spec.model.positive_class,
                                  threshold=fitted.decision.threshold if fitted.decision else None).items():
             mlflow.log_figure(fig, path)
+        if getattr(pipe, "classes_", None) is not None:
+            reg.log_json(per_class_report(spec, pipe.classes_, data.y_test, proba, fitted.decision),
+                         Artifact.PER_CLASS_REPORT)
         reg.log_file(loaded.path, "spec")
         reg.log_json(info.as_dict(), Artifact.FEATURE_VERSION)
         log.info("[3/5] logged params, metrics, plots and lineage to run %s%s", run_id,

@@ -64,3 +64,9 @@ def test_a_bundled_dataset_goes_from_csv_to_served_predictions_by_spec_alone(tmp
     with sqlite3.connect(tmp_path / "data" / "mlflow.db") as conn:
         tags = dict(conn.execute("select key, value from model_version_tags").fetchall())
     assert tags.get(Tag.POSITIVE_CLASS) == ("malignant" if name == "breast_cancer" else None)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
+    per_class = mlflow.artifacts.load_dict(f"runs:/{tags[Tag.RUN_ID]}/evaluation/per_class.json")
+    assert set(per_class["classes"]) >= classes | {"macro avg", "weighted avg"}  # every class, and the averages
+    assert all(0 <= per_class["classes"][c]["recall"] <= 1 for c in classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -69,11 +70,17 @@ def test_a_source_with_rows_awaiting_their_label_publishes_and_trains(tmp_path):
     frame.to_csv(csv, index=False)
     env = fti_env(tmp_path / "data", OMP_NUM_THREADS="1")
     fti = [sys.executable, "-c", "import sys; from fti.cli import main; sys.exit(main())"]
+    outs = []
     for args in (["features", "run"], ["train"]):
         res = subprocess.run([*fti, *args, "--spec", str(spec_path)], env=env, capture_output=True, text=True,
                              timeout=300, cwd=Path(__file__).resolve().parents[3])
         assert res.returncode == 0, res.stderr[-3000:]
+        outs.append(res.stdout)
+    assert "(40 without a label yet)" in outs[0]  # counted in the manifest, said by the feature job
     assert "(40 rows without a label yet skipped)" in res.stderr
+    with sqlite3.connect(tmp_path / "data" / "features.db") as conn:
+        (details,) = conn.execute("select details from fti_feature_versions").fetchone()
+    assert json.loads(details)["unlabeled_rows"] == 40
     db = tmp_path / "data" / "mlflow.db"
     with sqlite3.connect(db) as conn:
         params = dict(conn.execute("select key, value from params").fetchall())
