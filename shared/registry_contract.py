@@ -57,6 +57,7 @@ class Artifact(StrEnum):
     FEATURE_VERSION = "lineage/feature_version.json"
     GATE_DECISION = "gate/decision.json"
     PER_CLASS_REPORT = "evaluation/per_class.json"  # precision/recall/F1 per class (run artifact)
+    REFERENCE_PROFILE = "reference_profile.json"  # shared.profile: training's bins and counts, for the monitor
     DECISION = "decision.json"  # shared.decision: the fitted decision rule (threshold), beside the model
 
 

@@ -22,6 +22,7 @@ from shared import certificate as certmod
 from shared import decision as decisions
 from shared import feature_table as ft
 from shared import fingerprint, rowwise
+from shared import profile as profiles
 from shared.db import make_engine
 from shared.labels import check_binary, positive_index
 from shared.provenance import code_commit, shared_version
@@ -165,6 +166,17 @@ def repeat_metrics(spec: DatasetSpec, data: Dataset, first: dict[str, float]) ->
     return out
 
 
+def reference_profile(spec: DatasetSpec, data: Dataset, pipe: Any, proba: np.ndarray) -> dict[str, Any]:
+    """What the monitor compares served records with (:mod:`shared.profile`): the training split's model
+    inputs, the evaluation outputs and the training labels, as bins and counts (no rows)."""
+    classes = getattr(pipe, "classes_", None)
+    k = positive_index(classes, spec.model.positive_class) if classes is not None and len(classes) == 2 else None
+    numeric = {f for f in spec.model_features if spec.feature_kind(f) == "numeric"}
+    return profiles.build(data.X_train, spec.model_features, numeric, outputs=proba, positive_index=k,
+                          labels=data.y_train, task=spec.model.task, model_name=spec.model.name,
+                          feature_version=data.version.version)
+
+
 def per_class_report(spec: DatasetSpec, classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray,
                      decision: decisions.Decision | None) -> dict[str, Any]:
     """Precision, recall, F1 and support of every class on the evaluation split, of the served decision
@@ -277,6 +289,7 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
             files: list[tuple[str, Any]] = [(certmod.CERTIFICATE_FILE, certificate), (Artifact.ENVIRONMENT, environment)]
             if fitted.decision is not None:  # beside the model: covered by its artifact digest
                 files.append((decisions.DECISION_FILE, fitted.decision.as_dict()))
+            files.append((Artifact.REFERENCE_PROFILE, reference_profile(spec, data, pipe, proba)))
             for name, obj in files:
                 file = Path(tmp) / name
                 file.write_text(json.dumps(obj, indent=1, sort_keys=True))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("feature_pipeline", "training_pipeline", "inference_service")
+SERVICES = ("feature_pipeline", "training_pipeline", "inference_service", "monitoring_service")
 SHARED_FORBIDDEN_THIRD_PARTY = ("fastapi", "starlette", "uvicorn", "mlflow")
 
 RULES: dict[str, tuple[str, ...]] = {
