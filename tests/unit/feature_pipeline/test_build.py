@@ -77,7 +77,7 @@ def test_manifest_and_rows(spec_dir: Path) -> None:
     assert manifest["source_location"] == str(spec_dir / "raw" / "claims.csv")
     assert len(manifest["source_sha256"]) == 64 and manifest["code_commit"] == "test-commit"
     assert manifest["columns"] == ft.frame_columns(spec.spec)
-    assert manifest["details"] == {"source_rows": len(src), "ignored_columns": [], "warnings": []}
+    assert manifest["details"] == {"source_rows": len(src), "ignored_columns": [], "warnings": [], "unlabeled_rows": 0}
     # default as-of: the latest ingestion time, so every row is in
     assert manifest["as_of"] == ft.naive_utc(pd.Timestamp(src["ingested_at"].max()))
     assert manifest["row_count"] == len(rows) == src["claim_id"].nunique() == len(src)
