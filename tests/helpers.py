@@ -251,3 +251,44 @@ def bundled_sklearn_csv(name: str, folder: Path) -> tuple[Path, str]:
     path = folder / f"{name}.csv"
     frame.to_csv(path, index=False)
     return path, label
+
+
+def wait_fast_path(url: str, timeout: float = 90) -> dict[str, Any]:
+    """``/model``'s scorer once the fast path is verified (it is checked after the service is ready);
+    fails if verification ends any other way."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while (scorer := httpx.get(f"{url}/model", timeout=10).json()["scorer"]).get("mode") != "fast":
+        assert time.monotonic() < deadline and "not verified yet" in str(scorer.get("reason")), scorer
+        time.sleep(0.5)
+    return dict(scorer)
+
+
+def logged_lineage(url: str, prediction_id: str, timeout: float = 30) -> dict[str, Any]:
+    """``GET /predictions/{id}`` once the prediction log (written in the background) holds the row."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while (got := httpx.get(f"{url}/predictions/{prediction_id}", timeout=60)).status_code == 404:
+        assert time.monotonic() < deadline, got.text
+        time.sleep(0.3)
+    assert got.status_code == 200, got.text
+    return dict(got.json())
+
+
+def skops_model_dir(folder: Path, skops_bytes: bytes) -> Path:
+    """An MLflow sklearn model directory holding ``skops_bytes`` (and an empty certificate), as a registry
+    download looks to :func:`shared.model_file.load_model_dir`."""
+    import yaml
+
+    (folder / "extra_files").mkdir(parents=True)
+    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": {
+        "serialization_format": "skops", "pickled_model": "model.skops"}}}))
+    (folder / "model.skops").write_bytes(skops_bytes)
+    (folder / "extra_files" / "certificate.json").write_text("{}")
+    return folder

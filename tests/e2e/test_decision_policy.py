@@ -9,7 +9,6 @@ import json
 import random
 import shutil
 import sqlite3
-import time
 
 import httpx
 import numpy as np
@@ -18,7 +17,16 @@ import yaml
 
 from shared.registry_contract import Tag
 from shared.spec import load_spec
-from tests.helpers import CHURN_SPEC, Server, assert_served_equals_registered, fti_env, raw_json_records, run_fti
+from tests.helpers import (
+    CHURN_SPEC,
+    Server,
+    assert_served_equals_registered,
+    fti_env,
+    logged_lineage,
+    raw_json_records,
+    run_fti,
+    wait_fast_path,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -59,20 +67,12 @@ def test_the_chosen_threshold_decides_online_and_in_batch_and_reproduces(tmp_pat
     server = Server(spec_path, env, tmp_path / "server.log")
     try:
         server.wait_ready()
-        deadline = time.monotonic() + 90  # the fast path is verified after the service is ready
-        while (scorer := httpx.get(f"{server.url}/model", timeout=10).json()["scorer"]).get("mode") != "fast":
-            assert time.monotonic() < deadline and "not verified yet" in str(scorer.get("reason")), scorer
-            time.sleep(0.5)
+        scorer = wait_fast_path(server.url)
         r = httpx.post(f"{server.url}/predict", json={"records": records}, timeout=60)
         assert r.status_code == 200, r.text
         body = r.json()
         pid = body["predictions"][0]["prediction_id"]
-        deadline = time.monotonic() + 30  # the prediction log writes in the background
-        while (got := httpx.get(f"{server.url}/predictions/{pid}", timeout=60)).status_code == 404:
-            assert time.monotonic() < deadline, got.text
-            time.sleep(0.3)
-        assert got.status_code == 200, got.text
-        lineage = got.json()
+        lineage = logged_lineage(server.url, pid)
     finally:
         server.stop()
     assert scorer["passed"] is True and scorer["trees_compiled"] is False  # native categories: the estimator scores

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-import time
 
 import httpx
 import numpy as np
@@ -22,8 +21,10 @@ from tests.helpers import (
     assert_served_equals_registered,
     bundled_sklearn_csv,
     fti_env,
+    logged_lineage,
     raw_json_records,
     run_fti,
+    wait_fast_path,
 )
 
 pytestmark = [pytest.mark.e2e]
@@ -59,10 +60,7 @@ def test_a_numeric_target_goes_from_csv_to_served_values_by_spec_alone(tmp_path)
     server = Server(spec_path, env, tmp_path / "server.log")
     try:
         server.wait_ready()
-        deadline = time.monotonic() + 90  # the fast path is verified after the service is ready
-        while (scorer := httpx.get(f"{server.url}/model", timeout=10).json()["scorer"]).get("mode") != "fast":
-            assert time.monotonic() < deadline and "not verified yet" in str(scorer.get("reason")), scorer
-            time.sleep(0.5)
+        wait_fast_path(server.url)
         r = httpx.post(f"{server.url}/predict", json={"records": records}, timeout=60)
         assert r.status_code == 200, r.text
         preds = r.json()["predictions"]
@@ -72,11 +70,7 @@ def test_a_numeric_target_goes_from_csv_to_served_values_by_spec_alone(tmp_path)
                          timeout=60)
         assert inv.status_code == 200, inv.text
         pid = preds[0]["prediction_id"]
-        deadline = time.monotonic() + 30  # the prediction log writes in the background
-        while (got := httpx.get(f"{server.url}/predictions/{pid}", timeout=60)).status_code == 404:
-            assert time.monotonic() < deadline, got.text
-            time.sleep(0.3)
-        lineage = got.json()
+        lineage = logged_lineage(server.url, pid)
     finally:
         server.stop()
     pipeline = assert_served_equals_registered(tmp_path / "data", spec, records, preds)

@@ -24,7 +24,7 @@ from shared.features import compute_batch
 from shared.model_file import artifact_digest, load_model_dir
 from shared.raw import normalize_frame
 from shared.spec import DatasetSpec, load_spec
-from tests.helpers import CHURN_SPEC
+from tests.helpers import CHURN_SPEC, skops_model_dir
 from training_pipeline.data import labels
 from training_pipeline.model import build_pipeline
 
@@ -163,12 +163,7 @@ def test_each_option_is_served_by_a_fast_path_proven_equal_at_load(frame, tmp_pa
     got = scorer.predict_frame(X.reset_index(drop=True))
     assert np.array_equal(got, rowwise.predict_proba(pipe, X))
     # every stage loads it through fti's exact allow-list: each option's types are on it
-    folder = tmp_path / "model"
-    (folder / "extra_files").mkdir(parents=True)
-    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": {
-        "serialization_format": "skops", "pickled_model": "model.skops"}}}))
-    (folder / "model.skops").write_bytes(skops.io.dumps(pipe))
-    (folder / "extra_files" / "certificate.json").write_text("{}")
+    folder = skops_model_dir(tmp_path / "model", skops.io.dumps(pipe))
     loaded = load_model_dir(folder, expected_digest=artifact_digest(folder), memory_limit_mb=0)
     assert np.array_equal(rowwise.predict_proba(loaded, X), rowwise.predict_proba(pipe, X))
 

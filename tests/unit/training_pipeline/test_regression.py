@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
-import yaml
 from pydantic import ValidationError
 from sklearn import metrics as skm
 
@@ -19,6 +18,7 @@ from inference_service import scoring
 from shared import rowwise
 from shared.model_file import artifact_digest, load_model_dir
 from shared.spec import DatasetSpec
+from tests.helpers import skops_model_dir
 from training_pipeline.evaluate import LOWER_IS_BETTER, compute_metrics
 from training_pipeline.model import build_pipeline
 
@@ -105,12 +105,7 @@ def test_every_listed_regressor_loads_through_the_allow_list_and_is_served_on_a_
     X, y = _frame()
     pipe = build_pipeline(spec).fit(X, y)
     assert rowwise.is_regressor(pipe) and rowwise.outputs(pipe, X).shape == (len(X), 1)
-    folder = tmp_path / "model"
-    (folder / "extra_files").mkdir(parents=True)
-    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": {
-        "serialization_format": "skops", "pickled_model": "model.skops"}}}))
-    (folder / "model.skops").write_bytes(skops.io.dumps(pipe))
-    (folder / "extra_files" / "certificate.json").write_text("{}")
+    folder = skops_model_dir(tmp_path / "model", skops.io.dumps(pipe))
     loaded = load_model_dir(folder, expected_digest=artifact_digest(folder), memory_limit_mb=0)
     expected = rowwise.predict_proba(pipe, X)
     assert np.array_equal(rowwise.predict_proba(loaded, X), expected)
