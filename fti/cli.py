@@ -337,6 +337,40 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return ExitCode.OK if args.no_recompute or out["recomputed"] else ExitCode.CHECK_FAILED
 
 
+def cmd_monitor_run(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from monitoring_service.config import Settings
+    from monitoring_service.monitor import run_pass
+    from shared.db import make_engine
+
+    settings = Settings()
+    loaded = _spec(args.spec)
+    engine = make_engine(settings.feature_store_url)
+    out_dir = Path(args.out) if args.out else settings.reports_path
+    try:
+        result = run_pass(engine, loaded.spec, MlflowClient(settings.tracking_uri, settings.registry_uri),
+                          out_dir=out_dir, include_partial=args.include_partial, tracking_uri=settings.tracking_uri)
+    finally:
+        engine.dispose()
+    if args.json:
+        _print({"reports": result.reports, "new": result.new, "skipped_versions": result.skipped_versions,
+                "seconds": round(result.seconds, 3), "out": str(out_dir)})
+        return 0
+    if not result.reports:
+        print(f"no complete window of {loaded.spec.model.name} in the prediction log yet"
+              + ("" if args.include_partial else " (--include-partial reports the one still filling)"))
+    for r in result.reports:
+        verdict = r["status"] if r["status"] != "ok" else \
+            ("DRIFT: " + (", ".join(r["drifted"]) or "prediction") if r["drift"] else "no drift")
+        print(f"v{r['model_version']} {r['window']} ({r['rows']} rows, {r['start']} .. {r['end']}): {verdict}; "
+              f"{r['labeled_rows']} labeled; report {r['report_id']}")
+    for version, why in result.skipped_versions.items():
+        print(f"v{version} not monitored: {why}")
+    print(f"{result.new} new report(s) in fti_drift_reports; JSON and HTML under {out_dir} ({result.seconds:.1f}s)")
+    return 0
+
+
 def _print_lineage(out: dict[str, Any]) -> None:
     p, m, run, f = out["prediction"], out["model"], out["training_run"], out["features"]
     tr, hist = f["trained_on"], f["history_read_from"]
@@ -469,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default: predict)")
     kn.add_argument("--json", action="store_true", help="print the key and its entry as JSON")
     kn.set_defaults(func=cmd_keys_new)
+
+    mon = sub.add_parser("monitor", help="watch the served model: drift and realized performance per window of "
+                                         "the prediction log").add_subparsers(dest="action", required=True)
+    mr = mon.add_parser("run", help="report every complete window not reported yet (fti_drift_reports, JSON, HTML)")
+    mr.add_argument("--spec", required=True, help="the dataset spec (its monitoring: section sets the windows)")
+    mr.add_argument("--out", help="folder for the JSON and HTML reports (default: $FTI_REPORTS_DIR, else "
+                                  "<FTI_DATA_DIR>/reports)")
+    mr.add_argument("--include-partial", action="store_true", help="also report the last window, still filling")
+    mr.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    mr.set_defaults(func=cmd_monitor_run)
 
     lin = sub.add_parser("lineage", help="a logged prediction's lineage chain, recomputed")
     lin.add_argument("prediction_id", help="the prediction_id /predict returned")

@@ -27,12 +27,14 @@ def settings_classes() -> dict[type, str]:
     from fti.threads import ThreadSettings
     from inference_service.batch import BatchSettings
     from inference_service.config import Settings as InferenceSettings
+    from monitoring_service.config import Settings as MonitorSettings
     from shared.settings import CommonSettings, MlflowSettings
     from training_pipeline.config import Settings as TrainingSettings
 
     return {ThreadSettings: "every command", CommonSettings: "every service", FeatureSettings: "features",
-            MlflowSettings: "training, inference", TrainingSettings: "training (train, reproduce)",
-            InferenceSettings: "inference (serve, lineage, predict-batch)", BatchSettings: "predict-batch"}
+            MlflowSettings: "training, inference, monitor", TrainingSettings: "training (train, reproduce)",
+            InferenceSettings: "inference (serve, lineage, predict-batch)", BatchSettings: "predict-batch",
+            MonitorSettings: "monitor (fti monitor)"}
 
 
 def _declared_by(cls: type, name: str) -> type:

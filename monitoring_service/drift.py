@@ -115,6 +115,7 @@ def evaluate(reference: dict[str, Any], columns: Mapping[str, Any], scores: np.n
         else:
             entry["unseen_rate"] = _rate(window["unseen"], window["n"])
         entry["by_construction"] = name in history
+        entry["counts"] = window["counts"]  # in the profile's bins (categorical: its top categories, other)
         features[name] = entry
     tested = [n for n in features if not features[n]["by_construction"]]
     for name, q in zip(tested, benjamini_hochberg([features[n]["p_value"] for n in tested]), strict=True):
@@ -131,6 +132,7 @@ def evaluate(reference: dict[str, Any], columns: Mapping[str, Any], scores: np.n
         window = prof.counts(reference["score"], scores)
         prediction = compare_counts(prof.reference_counts(reference["score"]), window["counts"])
         prediction["drifted"] = bool(prediction["p_value"] < t.alpha and prediction["psi"] >= t.min_psi)
+        prediction["counts"] = window["counts"]
         report["prediction"] = prediction
     return report
 

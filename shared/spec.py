@@ -356,6 +356,48 @@ class ModelSpec(_Model):
         return self
 
 
+_PERIOD = r"^[1-9][0-9]{0,5}(s|min|h|D|W)$"  # a pandas fixed frequency: 30min, 6h, 1D, 2W
+
+
+class RetrainSpec(_Model):
+    """When the monitor retrains (any trigger), and what a candidate must pass (``docs/monitoring.md``)."""
+
+    # Trigger: drift in at least ``drift_windows`` of the last ``of_last`` complete windows of the champion.
+    drift_windows: int = Field(default=2, ge=1, le=100)
+    of_last: int = Field(default=3, ge=1, le=100)
+    # Trigger: at least this many served predictions have a label that training has not seen.
+    min_new_labels: int | None = Field(default=None, ge=1)
+    # Trigger: this long since the champion's training data was cut (log time), e.g. 7D.
+    every: Annotated[str, Field(pattern=_PERIOD)] | None = None
+    # No new retraining until this much log time after the last one (flapping guard).
+    cooldown: Annotated[str, Field(pattern=_PERIOD)] = "1D"
+    # Non-inferiority: the candidate may be worse than the champion by at most this (in the gate metric).
+    margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Data-quality gate on the new feature version, before any training.
+    min_rows: int = Field(default=200, ge=1)
+    max_missing_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    label_rate: tuple[float, float] | None = None  # binary labels: the positive share must lie in [lo, hi]
+
+
+class MonitoringSpec(_Model):
+    """How ``fti monitor`` cuts the prediction log into windows and when a window drifts."""
+
+    window_rows: int | None = Field(default=5000, ge=1)
+    window_period: Annotated[str, Field(pattern=_PERIOD)] | None = None  # set it (and window_rows: null)
+    min_rows: int = Field(default=500, ge=1)  # below: "insufficient data"
+    alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # false-discovery rate over a window's features
+    min_psi: float = Field(default=0.02, ge=0.0)  # the smallest change worth an alarm
+    # A window drifts when more than this share of its monitored features drift, or its prediction drifts.
+    min_drift_share: float = Field(default=0.0, ge=0.0, lt=1.0)
+    retrain: RetrainSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_window(self) -> MonitoringSpec:
+        if (self.window_rows is None) == (self.window_period is None):
+            raise ValueError("monitoring: set exactly one of window_rows and window_period")
+        return self
+
+
 class DatasetSpec(_Model):
     """The whole spec file."""
 
@@ -371,6 +413,8 @@ class DatasetSpec(_Model):
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     features: FeaturesSpec = Field(default_factory=FeaturesSpec)
     model: ModelSpec
+    # How the served model is watched (fti monitor); not part of what produced a model (not in its hash).
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @field_validator("columns")
     @classmethod
@@ -592,7 +636,7 @@ class DatasetSpec(_Model):
     @property
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec as written (before ${VAR} expansion)."""
-        data = self.model_dump(mode="json", by_alias=True)
+        data = self.model_dump(mode="json", by_alias=True, exclude={"monitoring"})
         # Settings added after a spec format shipped are left out while unset, so a spec that does not
         # use them keeps the hash its models were registered with (fti reproduce compares it).
         for (section, key), default in _ADDED_LATER.items():

@@ -173,13 +173,14 @@ COMMANDS = [["data", "generate", "--spec", "{spec}"], ["features", "run", "--spe
             ["train", "--spec", "{spec}"], ["reproduce", "m/1", "--spec", "{spec}"],
             ["serve", "--spec", "{spec}"], ["predict-batch", "--spec", "{spec}"],
             ["lineage", "0" * 32, "--spec", "{spec}"], ["features", "migrate"], ["keys", "new", "--id", "k"],
-            ["spec", "check", "--spec", "{spec}"], ["spec", "init", "--source", "{spec}", "--label", "y"]]
+            ["spec", "check", "--spec", "{spec}"], ["spec", "init", "--source", "{spec}", "--label", "y"],
+            ["monitor", "run", "--spec", "{spec}"]]
 
 
 def test_every_command_covered() -> None:
     parser_commands = {p for p, sub in _subparsers(build_parser()) if p and not any(
         isinstance(a, argparse._SubParsersAction) for a in sub._actions)}
-    assert parser_commands == {tuple(c[:2]) if c[0] in ("data", "features", "keys", "spec") else (c[0],)
+    assert parser_commands == {tuple(c[:2]) if c[0] in ("data", "features", "keys", "spec", "monitor") else (c[0],)
                                for c in COMMANDS}
 
 

@@ -248,8 +248,8 @@ def test_a_store_at_0001_still_serves_feature_readers(engine: Engine) -> None:
                        "migrate`"):
         ft.check_schema(engine, minimum="0002")
     ft.upgrade(engine)  # 0001 -> head keeps the feature tables and adds the log and the batch tables
-    assert ft.schema_revision(engine) == ft.SCHEMA_HEAD == "0003"
-    assert ft.check_schema(engine, minimum="0002") == "0003"
+    assert ft.schema_revision(engine) == ft.SCHEMA_HEAD == "0004"
+    assert ft.check_schema(engine, minimum="0002") == "0004"
     cols = {c["name"] for c in inspect(engine).get_columns("fti_predictions")}
     assert {"prediction_id", "request_id", "model_name", "model_version", "feature_version", "inputs",
             "outputs"} <= cols

@@ -1,0 +1,183 @@
+"""``fti monitor`` over a real prediction log: the session's trained claims model served in process
+(``TestClient(create_app(...))``, the real SQLite store and prediction log, the real MLflow registry
+on SQLite), then the monitor reading it back.
+
+* the demo's own records give no drift; the same records with inflated claim amounts and a channel
+  mix change drift on exactly the features they touch (and those derived from them);
+* the same window gives byte-identical JSON, a second pass adds no row, the HTML references no
+  external host and holds no record;
+* realized performance, once labels are in the feature store, equals ``sklearn.metrics`` on the same
+  rows;
+* a window under ``min_rows`` says "insufficient data"; period windows cut by ``created_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sklearn import metrics as skm
+
+from tests.helpers import copy_store, mlflow_uris_restored, raw_json_records
+
+SHIFTED = {"amount_to_premium", "channel", "claim_amount", "log_claim_amount"}
+
+
+def _shift(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
+    out = []
+    for i, r in enumerate(records):
+        r = dict(r, claim_id=f"{r['claim_id']}-{tag}")
+        if r.get("claim_amount") is not None:
+            r["claim_amount"] = round(r["claim_amount"] * 1.6, 2)
+        if r.get("channel") == "agent" and i % 2 == 0:
+            r["channel"] = "online"
+        out.append(r)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(claims_store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The original records (labels known: they are the feature version's rows), then a shifted copy."""
+    from inference_service.app import create_app
+    from inference_service.config import Settings
+    from shared.db import make_engine
+    from shared.spec import load_spec
+
+    s = copy_store(claims_store, tmp_path_factory.mktemp("monitor") / "store")
+    records = raw_json_records(s["spec"].parent / "raw" / "claims.csv", s["spec"])
+    with s["spec"].open("a") as fh:  # one window per served batch of records
+        fh.write(f"monitoring:\n  window_rows: {len(records)}\n  min_rows: 500\n")
+    settings = Settings(spec=s["spec"], data_dir=s["data"], reload_interval_seconds=0, allowed_hosts="testserver")
+    with mlflow_uris_restored(), TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health/ready").text
+            time.sleep(0.2)
+        for batch in (records, _shift(records, "a")):
+            for i in range(0, len(batch), 500):
+                r = client.post("/predict", json={"records": batch[i:i + 500]})
+                assert r.status_code == 200, r.text[:300]
+    engine = make_engine(f"sqlite:///{s['data'] / 'features.db'}")
+    try:
+        yield {**s, "records": records, "engine": engine, "loaded": load_spec(s["spec"])}
+    finally:
+        engine.dispose()
+
+
+def _pass(served: dict[str, Any], out: Path | None, **kw: Any) -> Any:
+    from mlflow import MlflowClient
+
+    from monitoring_service.monitor import run_pass
+
+    return run_pass(served["engine"], served["loaded"].spec, MlflowClient(served["uri"], served["uri"]),
+                    out_dir=out, tracking_uri=served["uri"], **kw)
+
+
+@pytest.fixture(scope="module")
+def first(served: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("reports")
+    with mlflow_uris_restored():
+        return _pass(served, out), out
+
+
+def test_drift_only_on_the_shifted_window(first: Any) -> None:
+    result, _ = first
+    assert [r["status"] for r in result.reports] == ["ok", "ok"]
+    same, shifted = result.reports
+    assert same["drift"] is False and same["drifted"] == [], same
+    assert shifted["drift"] is True
+    assert set(shifted["drifted"]) == SHIFTED, shifted["drifted"]
+
+
+def test_same_window_same_bytes_and_no_new_row(served: dict[str, Any], first: Any, tmp_path: Path) -> None:
+    from shared import monitor_table as mt
+
+    result, out = first
+    with mlflow_uris_restored():
+        again = _pass(served, tmp_path)
+    assert again.new == 0
+    assert [r["report_id"] for r in again.reports] == [r["report_id"] for r in result.reports]
+    for r in result.reports:
+        a = (out / "claims-fraud" / r["model_version"] / f"{r['report_id']}.json").read_bytes()
+        b = (tmp_path / "claims-fraud" / r["model_version"] / f"{r['report_id']}.json").read_bytes()
+        assert a == b
+        stored = mt.get_report(served["engine"], r["report_id"])
+        assert stored is not None and stored["report"].encode() == a
+        assert mt.report_id(a.decode()) == r["report_id"]
+    assert len(mt.list_reports(served["engine"], "claims-fraud")) == len(result.reports)
+
+
+def test_html_is_self_contained_and_holds_no_record(served: dict[str, Any], first: Any) -> None:
+    result, out = first
+    for r in result.reports:
+        text = (out / "claims-fraud" / r["model_version"] / f"{r['report_id']}.html").read_text()
+        assert "<svg" in text and "<table" in text
+        assert not re.search(r"https?:|//[a-z0-9]|<script|<link|@import|url\(", text, re.I), \
+            re.findall(r".{30}(?:https?:|//|<script|<link|@import|url\().{30}", text, re.I)
+        for rec in served["records"][:200]:
+            assert rec["claim_id"] not in text and rec["policyholder_id"] not in text
+
+
+def test_realized_performance_matches_sklearn(served: dict[str, Any], first: Any) -> None:
+    """The first window served the feature version's own records: their labels are known."""
+    from sqlalchemy import select
+
+    from shared import feature_table as ft
+    from shared.prediction_table import predictions
+
+    result, out = first
+    report = json.loads((out / "claims-fraud" / "1" / f"{result.reports[0]['report_id']}.json").read_text())
+    perf = report["performance"]
+    spec = served["loaded"].spec
+    assert perf["status"] == "ok" and perf["labeled_rows"] == len(served["records"])
+    with served["engine"].connect() as conn:
+        rows = conn.execute(select(predictions.c.record_id, predictions.c.outputs)
+                            .order_by(predictions.c.created_at, predictions.c.prediction_id)
+                            .limit(len(served["records"]))).all()
+    truth_frame = ft.read_version(served["engine"], spec, 1).set_index(spec.record_id)
+    y = np.asarray([int(truth_frame.loc[r.record_id, spec.label]) for r in rows])
+    outs = [json.loads(r.outputs) for r in rows]
+    score = np.asarray([o["probabilities"]["1"] for o in outs])
+    decided = np.asarray([int(o["prediction"]) for o in outs])
+    assert perf["roc_auc"] == skm.roc_auc_score(y, score)
+    assert perf["average_precision"] == skm.average_precision_score(y, score)
+    assert perf["brier"] == skm.brier_score_loss(y, score)
+    assert perf["accuracy"] == skm.accuracy_score(y, decided)
+    assert perf["recall"] == skm.recall_score(y, decided, zero_division=0)
+    assert perf["precision"] == skm.precision_score(y, decided, zero_division=0)
+    both = np.asarray([[o["probabilities"]["0"], o["probabilities"]["1"]] for o in outs])
+    assert perf["log_loss"] == skm.log_loss(y.astype(str), both, labels=["0", "1"])
+    assert perf["positive_rate"] == y.mean()
+    # the shifted copies have new record ids: no label has arrived for them
+    shifted = json.loads((out / "claims-fraud" / "1" / f"{result.reports[1]['report_id']}.json").read_text())
+    assert shifted["performance"] == {"labeled_rows": 0, "status": "no labels yet", "labels_from_feature_version": 1}
+
+
+def test_small_window_is_insufficient_data(served: dict[str, Any]) -> None:
+    from monitoring_service import drift
+    from monitoring_service import log_reader as lr
+    from monitoring_service.monitor import Reference, window_report
+
+    window = next(lr.windows(served["engine"], "claims-fraud", "1", rows=100, period=None))
+    ref = Reference("1", {"features": {}, "score": {}}, {})
+    report = window_report(served["engine"], served["loaded"].spec, ref, window, drift.Thresholds(min_rows=500))
+    assert report["drift"]["status"] == "insufficient data" and "at least 500" in report["drift"]["message"]
+
+
+def test_period_windows_follow_created_at(served: dict[str, Any]) -> None:
+    from monitoring_service import log_reader as lr
+
+    wins = list(lr.windows(served["engine"], "claims-fraud", "1", rows=None, period="1s", include_partial=True))
+    assert sum(w.n for w in wins) == 2 * len(served["records"])
+    for a, b in zip(wins, wins[1:], strict=False):
+        assert a.end < b.start
+    import pandas as pd
+
+    for w in wins:
+        assert len({pd.Timestamp(r[1]).floor("1s") for r in w.rows}) == 1
