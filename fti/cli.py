@@ -69,7 +69,8 @@ def _print(obj: Any) -> None:
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from fti.demo_data import write_source
 
-    path = write_source(args.spec, n_policyholders=args.policyholders, seed=args.seed)
+    path = write_source(args.spec, n_policyholders=args.policyholders, seed=args.seed, end=args.end,
+                        drift_from=args.drift_from, known_at=args.known_at)
     print(f"wrote {path}")
     return 0
 
@@ -227,7 +228,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         r = run(_spec(args.spec), Settings(), feature_version=args.feature_version, promote=args.promote,
-                skip_if_trained=args.skip_if_trained)
+                skip_if_trained=args.skip_if_trained, negative_control=args.negative_control,
+                gate_margin=args.gate_margin)
     except AlreadyTrained as done:
         print(str(done))
         return 0
@@ -240,6 +242,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"decision rule: positive when the score is >= {m['decision.threshold']!r} (on the evaluation split: "
               f"precision {m['decision.precision']:.4f}, recall {m['decision.recall']:.4f}, "
               f"{m['decision.flag_rate']:.2%} of records flagged)")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from shared import monitor_table as mt
+    from shared.db import make_engine
+    from training_pipeline.config import Settings
+    from training_pipeline.rollback import rollback
+
+    settings = Settings()
+    alias = args.alias or settings.model_alias
+    done = rollback(MlflowClient(settings.tracking_uri, settings.registry_uri), args.name, alias, to=args.to)
+    print(f"{done.name}@{done.alias}: version {done.from_version} -> {done.to_version}; serving switches at its next "
+          "alias check, after verifying the version (FTI_RELOAD_INTERVAL_SECONDS)")
+    engine = make_engine(settings.feature_store_url)
+    try:  # the record is best-effort: the registry move is what counts
+        from shared import feature_table as ft
+
+        ft.upgrade(engine)
+        mt.save_decision(engine, {"dataset": args.dataset or "", "model_name": done.name, "created_at": ft.utcnow(),
+                                  "action": "rollback", "trigger": {"by": "fti rollback"}, "report_ids": [],
+                                  "champion_version": done.from_version, "candidate_version": done.to_version,
+                                  "champion_score": None, "candidate_score": None,
+                                  "verdict": f"alias {alias} moved back from {done.from_version} to {done.to_version}",
+                                  "details": done.as_dict()})
+    except Exception as exc:  # noqa: BLE001
+        print(f"fti: warning: the rollback was not recorded in fti_retrain_decisions ({exc})", file=sys.stderr)
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -338,24 +371,16 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor_run(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
+    from fti.retrain import cycle
     from monitoring_service.config import Settings
-    from monitoring_service.monitor import run_pass
-    from shared.db import make_engine
 
-    settings = Settings()
     loaded = _spec(args.spec)
-    engine = make_engine(settings.feature_store_url)
-    out_dir = Path(args.out) if args.out else settings.reports_path
-    try:
-        result = run_pass(engine, loaded.spec, MlflowClient(settings.tracking_uri, settings.registry_uri),
-                          out_dir=out_dir, include_partial=args.include_partial, tracking_uri=settings.tracking_uri)
-    finally:
-        engine.dispose()
+    out_dir = Path(args.out) if args.out else Settings().reports_path
+    result = cycle(loaded, out_dir=out_dir, retrain=args.retrain, negative_control=args.negative_control,
+                   include_partial=args.include_partial)
     if args.json:
-        _print({"reports": result.reports, "new": result.new, "skipped_versions": result.skipped_versions,
-                "seconds": round(result.seconds, 3), "out": str(out_dir)})
+        _print({"reports": result.reports, "new": result.new_reports, "skipped_versions": result.skipped_versions,
+                "decision": result.decision, "out": str(out_dir)})
         return 0
     if not result.reports:
         print(f"no complete window of {loaded.spec.model.name} in the prediction log yet"
@@ -367,7 +392,12 @@ def cmd_monitor_run(args: argparse.Namespace) -> int:
               f"{r['labeled_rows']} labeled; report {r['report_id']}")
     for version, why in result.skipped_versions.items():
         print(f"v{version} not monitored: {why}")
-    print(f"{result.new} new report(s) in fti_drift_reports; JSON and HTML under {out_dir} ({result.seconds:.1f}s)")
+    print(f"{result.new_reports} new report(s) in fti_drift_reports; JSON and HTML under {out_dir}")
+    d = result.decision
+    if d is not None:
+        extra = f" (candidate v{d['candidate_version']}: {d.get('candidate_score')} vs champion " \
+                f"v{d.get('champion_version')}: {d.get('champion_score')})" if d.get("candidate_version") else ""
+        print(f"retraining policy: {d['action']} - {d['verdict']}{extra}")
     return 0
 
 
@@ -417,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
     g.add_argument("--policyholders", type=int, default=4000, help="how many policyholders (default: 4000)")
     g.add_argument("--seed", type=int, default=42, help="random seed: the same seed writes the same file")
+    g.add_argument("--end", default="2025-12-31", help="the last day claims are filed (default: 2025-12-31)")
+    g.add_argument("--drift-from", help="drift scenario: claims from this day on come from a shifted population "
+                                        "(a third of agent/broker business moves online, amounts +35%%)")
+    g.add_argument("--known-at", help="write only the rows ingested by the end of this day (the source as it "
+                                      "stood then; write the same timeline again later for the next version)")
     g.set_defaults(func=cmd_data_generate)
 
     spec_cmd = sub.add_parser("spec", help="dataset specs").add_subparsers(dest="action", required=True)
@@ -464,7 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: move the alias only if at least as good as the champion")
     t.add_argument("--skip-if-trained", action="store_true",
                    help="do nothing if a validated version already exists for this spec and feature content")
+    t.add_argument("--negative-control", action="store_true",
+                   help="fit on shuffled training labels (evaluated on the true ones): a model the gate must refuse")
+    t.add_argument("--gate-margin", type=float, default=0.0,
+                   help="non-inferiority margin: promote if at most this much worse than the champion (default 0)")
     t.set_defaults(func=cmd_train)
+
+    rb = sub.add_parser("rollback", help="move the alias back to the champion the current one replaced (recorded "
+                                         "by the gate); serving verifies it before it switches")
+    rb.add_argument("name", help="the registered model, e.g. claims-fraud")
+    rb.add_argument("--to", help="a validated version to move the alias to (default: the previous champion)")
+    rb.add_argument("--alias", help="default: $FTI_MODEL_ALIAS, else champion")
+    rb.add_argument("--dataset", help="the dataset name, for the record in fti_retrain_decisions")
+    rb.set_defaults(func=cmd_rollback)
 
     rp = sub.add_parser("reproduce", help="retrain a registered model from its lineage and compare (exit 0 "
                                           "IDENTICAL, 1 DIFFERENT, 3 cannot: what is missing is said)")
@@ -511,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--out", help="folder for the JSON and HTML reports (default: $FTI_REPORTS_DIR, else "
                                   "<FTI_DATA_DIR>/reports)")
     mr.add_argument("--include-partial", action="store_true", help="also report the last window, still filling")
+    mr.add_argument("--retrain", action="store_true", help="then apply the spec's monitoring.retrain policy: "
+                    "retrain through the data-quality gate and the promotion gate when it triggers")
+    mr.add_argument("--negative-control", action="store_true", help="a fire drill: a retraining this pass triggers "
+                    "fits on shuffled labels, and the gate must refuse it")
     mr.add_argument("--json", action="store_true", help="print the summaries as JSON")
     mr.set_defaults(func=cmd_monitor_run)
 

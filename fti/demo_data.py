@@ -75,8 +75,14 @@ def _intercept(z: np.ndarray, rate: float) -> float:
 
 
 def generate_claims(*, n_policyholders: int = 4000, seed: int = 42,
-                    start: str = "2023-01-01", end: str = "2025-12-31") -> pd.DataFrame:
-    """Claims filed on the days ``start`` through ``end`` (inclusive, UTC), in ingestion order."""
+                    start: str = "2023-01-01", end: str = "2025-12-31", drift_from: str | None = None
+                    ) -> pd.DataFrame:
+    """Claims filed on the days ``start`` through ``end`` (inclusive, UTC), in ingestion order.
+
+    ``drift_from``: claims filed on or after this day come from a shifted population -- a third of the
+    agent and broker business moves online, and claim amounts are inflated by 35% -- while the fraud
+    label keeps its rule (so the model's inputs drift and its scores with them). The shift is drawn from
+    a second generator, so every claim before ``drift_from`` is the same as without it."""
     if n_policyholders < 1:
         raise ValueError("n_policyholders must be at least 1")
     t0 = pd.Timestamp(start, tz="UTC").normalize()
@@ -140,6 +146,13 @@ def generate_claims(*, n_policyholders: int = 4000, seed: int = 42,
     days_to_report = np.where(rng.random(m) < 0.08, rng.integers(10, 120, m),
                               np.floor(rng.exponential(2.5, m))).astype(np.int64)
     hour = (t % DAY) // 3600
+    if drift_from is not None:  # after the label's inputs are drawn: the base draws stay in their order
+        shifted = t >= int((pd.Timestamp(drift_from, tz="UTC").normalize() - t0).total_seconds())
+        moved = shifted & (channel <= 1) & (np.random.default_rng(seed + 1).random(m) < 1 / 3)
+        channel_seen = np.where(moved, 2, channel)
+        amount_seen = np.where(shifted, np.round(amount * 1.35, 2), amount)
+    else:
+        channel_seen, amount_seen = channel, amount
 
     # --- the label ------------------------------------------------------------
     z = (0.9 * np.log(amount / premium) + 1.0 * (tenure < 6) + 0.5 * ((tenure >= 6) & (tenure < 18))
@@ -177,11 +190,11 @@ def generate_claims(*, n_policyholders: int = 4000, seed: int = 42,
         "policy_tenure_months": tenure,
         "annual_premium": masked(premium, "annual_premium"),
         "vehicle_age": masked(vehicle_age, "vehicle_age").astype("Int64"),
-        "claim_amount": amount,
+        "claim_amount": amount_seen,
         "incident_type": INCIDENT_TYPES[itype],
         "incident_severity": SEVERITIES[severity],
         "region": masked(REGIONS[region[h]], "region").astype("str"),
-        "channel": masked(CHANNELS[channel], "channel").astype("str"),
+        "channel": masked(CHANNELS[channel_seen], "channel").astype("str"),
         "police_report": pd.Series(police, dtype="boolean").where(~miss["police_report"]),
         "witnesses": masked(witnesses, "witnesses").astype("Int64"),
         "days_to_report": days_to_report,
@@ -202,8 +215,14 @@ def to_csv_bytes(df: pd.DataFrame) -> bytes:
 
 
 def write_source(spec_path: str | os.PathLike[str], *, n_policyholders: int = 4000,
-                 seed: int = 42) -> Path:
-    """Generate the claims data and write it, atomically, where the spec's source points."""
+                 seed: int = 42, end: str = "2025-12-31", drift_from: str | None = None,
+                 known_at: str | None = None) -> Path:
+    """Generate the claims data and write it, atomically, where the spec's source points.
+
+    ``known_at``: write only the rows ingested by the end of that day -- the source as it stood then.
+    The drift scenario writes the same timeline (same ``end``, ``drift_from`` and seed) twice: known at
+    the end of the normal period (train on it), then known later (the drifted claims, and the labels of
+    the claims served meanwhile, have arrived)."""
     loaded = load_spec(spec_path)
     source = loaded.spec.source
     if source.format == "sql":
@@ -215,7 +234,11 @@ def write_source(spec_path: str | os.PathLike[str], *, n_policyholders: int = 40
     assert source.path is not None  # guaranteed by SourceSpec for csv/parquet
     path = loaded.resolve_path(source.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = generate_claims(n_policyholders=n_policyholders, seed=seed)[list(loaded.spec.columns)]
+    df = generate_claims(n_policyholders=n_policyholders, seed=seed, end=end,
+                         drift_from=drift_from)[list(loaded.spec.columns)]
+    if known_at is not None:
+        cutoff = pd.Timestamp(known_at, tz="UTC").normalize() + pd.Timedelta(days=1)
+        df = df[df["ingested_at"] < cutoff].reset_index(drop=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

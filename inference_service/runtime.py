@@ -70,6 +70,9 @@ class Runtime:
     store_guard: Any = None  # inference_service.store_guard.StoreGuard: the store is the one opened, unchanged
     integrity_error: str | None = None  # set while the store guard finds a problem: not ready, /predict 503
     cpu_slot: CpuSlot = field(default_factory=CpuSlot)  # shared with the prediction log's writer
+    # The version a hot reload replaced, kept loaded: a rollback to it (``fti rollback``) skips the download
+    # and the skops load and re-runs only its parity certificate -- seconds matter when rolling back.
+    standby: LoadedModel | None = None
 
     def __post_init__(self) -> None:
         self._swap = threading.Lock()  # read-modify-write of ``model`` (confirm, fast-path upgrade) stays whole
@@ -379,8 +382,17 @@ class Runtime:
         log.info("hot reload: %s@%s now points at version %s (serving %s); loading and checking it", name, alias,
                  version, served.version)
         t0 = time.perf_counter()
+        standby = self.standby
+        recorded = dict(mv.tags or {}).get(Tag.ARTIFACT_SHA256)
         try:
-            candidate = self.loader.load_version(self.spec.spec, name, version, alias=alias, model_version=mv)
+            if standby is not None and standby.version == version and recorded is not None and \
+                    recorded == standby.tags.get(Tag.ARTIFACT_SHA256):  # the same files it was verified with
+                log.info("hot reload: version %s is the standby (served before, same artifact digest); "
+                         "re-running its parity certificate", version)
+                candidate = dataclasses.replace(standby, alias=alias, tags=dict(mv.tags or standby.tags),
+                                                alias_confirmed=True)
+            else:
+                candidate = self.loader.load_version(self.spec.spec, name, version, alias=alias, model_version=mv)
         except ModelLoadError as exc:
             return self._refused(served, version, "refused", str(exc), tags, now)
         except Exception as exc:  # noqa: BLE001 - e.g. artifact download failed: retried with back-off
@@ -396,6 +408,7 @@ class Runtime:
         state.swapped(name, served.version, version, time.time(), seconds, verdict.summary())
         with self._swap:
             self.model = candidate  # the swap: requests that already hold ``served`` finish with it
+            self.standby = served
         self._remember(candidate)
         log.info("hot reload: now serving %s version %s (was %s; loaded and checked in %.2fs; %s)", name,
                  version, served.version, seconds, verdict.summary())

@@ -116,7 +116,7 @@ def window_report(engine: Engine, spec: DatasetSpec, ref: Reference, window: lr.
             "drift": result, "performance": performance}
 
 
-def _is_drift(report: dict[str, Any], min_share: float) -> bool | None:
+def is_drift(report: dict[str, Any], min_share: float) -> bool | None:
     d = report["drift"]
     if d.get("status") != "ok":
         return None
@@ -127,7 +127,7 @@ def summary(report: dict[str, Any], rid: str, min_share: float = 0.0) -> dict[st
     d = report["drift"]
     return {"report_id": rid, "model_version": report["model"]["version"], "window": report["window"]["label"],
             "start": report["window"]["start"], "end": report["window"]["end"], "rows": report["window"]["rows"],
-            "status": d.get("status"), "drift": _is_drift(report, min_share), "drifted": d.get("drifted", []),
+            "status": d.get("status"), "drift": is_drift(report, min_share), "drifted": d.get("drifted", []),
             "drift_share": d.get("drift_share"),
             "prediction_drift": d.get("prediction", {}).get("drifted"),
             "labeled_rows": report["performance"]["labeled_rows"]}
@@ -177,4 +177,4 @@ def run_pass(engine: Engine, spec: DatasetSpec, client: Any, *, out_dir: Path | 
     return result
 
 
-__all__ = ["MonitorError", "PassResult", "Reference", "fetch_reference", "run_pass", "summary", "window_report"]
+__all__ = ["MonitorError", "is_drift", "PassResult", "Reference", "fetch_reference", "run_pass", "summary", "window_report"]

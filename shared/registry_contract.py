@@ -33,6 +33,10 @@ class Tag(StrEnum):
     GATE_PROMOTED = "fti.gate.promoted"
     GATE_REASON = "fti.gate.reason"
     GATE_CHAMPION_VERSION = "fti.gate.champion_version"
+    GATE_MARGIN = "fti.gate.margin"  # the non-inferiority margin the gate allowed (retraining policy)
+    NEGATIVE_CONTROL = "fti.negative_control"  # trained on shuffled labels (fti train --negative-control)
+    ROLLED_BACK_TO = "fti.rollback.to"  # set on a champion the alias was moved away from by fti rollback
+    ROLLED_BACK_AT = "fti.rollback.at"
     REPRODUCES = "fti.reproduces"
     REPRODUCE_VERDICT = "fti.reproduce.verdict"
     SOURCE_SHA256 = "fti.source_sha256"

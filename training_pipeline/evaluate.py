@@ -78,12 +78,13 @@ def metric_value(metric: str, classes: np.ndarray | None, y_true: np.ndarray, pr
     return _metric_fns(classes, y_true, proba, positive_class)[metric]()
 
 
-def better_or_equal(metric: str, new: float, old: float) -> bool:
+def better_or_equal(metric: str, new: float, old: float, margin: float = 0.0) -> bool:
+    """``new`` is at least as good as ``old``, or worse by at most ``margin`` (non-inferiority)."""
     if np.isnan(old):
         return True
     if np.isnan(new):
         return False
-    return new <= old if metric in LOWER_IS_BETTER else new >= old
+    return new <= old + margin if metric in LOWER_IS_BETTER else new >= old - margin
 
 
 def _classification_figures(classes: np.ndarray, y_true: np.ndarray, proba: np.ndarray, positive_class: Any,

@@ -11,7 +11,7 @@ import logging
 import random
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,11 @@ def find_trained(loaded: LoadedSpec, info: ft.VersionInfo) -> str | None:
 
 
 def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None = None,
-        promote: str = "auto", skip_if_trained: bool = False) -> TrainResult:
+        promote: str = "auto", skip_if_trained: bool = False, negative_control: bool = False,
+        gate_margin: float = 0.0) -> TrainResult:
+    """``negative_control``: fit on the training labels shuffled (seeded), evaluate on the true ones -- a
+    model that learned nothing, which the gate must refuse (what the retraining loop is tested with).
+    ``gate_margin``: the non-inferiority margin of the gate (the retraining policy's)."""
     spec = loaded.spec
     t0 = time.perf_counter()
     engine = make_engine(settings.feature_store_url)
@@ -236,6 +240,12 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
     log.info("[1/5] read feature version %d of %r: %d train / %d evaluation rows%s", info.version, spec.name,
              len(data.X_train), len(data.X_test),
              f" ({data.unlabeled} rows without a label yet skipped)" if data.unlabeled else "")
+    extra_tags: dict[str, str] = {}
+    if negative_control:
+        shuffled = np.random.default_rng(spec.model.seed).permutation(data.y_train)
+        data = replace(data, y_train=shuffled)
+        extra_tags[Tag.NEGATIVE_CONTROL] = "true"
+        log.warning("negative control: the training labels are shuffled; this model learned nothing")
 
     fitted = fit_evaluate(spec, data)
     primary = spec.model.primary_metric
@@ -243,11 +253,13 @@ def run(loaded: LoadedSpec, settings: Settings, *, feature_version: int | None =
         f"{fitted.metrics[f'repeats.{primary}.sd']:.4f})" if f"repeats.{primary}.mean" in fitted.metrics else ""
     log.info("[2/5] fitted %s in %.1fs: %s %.4f%s", spec.model.estimator.class_path.rsplit(".", 1)[-1],
              fitted.seconds, primary, fitted.metrics[primary], spread)
-    return log_and_register(loaded, settings, data, fitted, promote=promote, started=t0)
+    return log_and_register(loaded, settings, data, fitted, promote=promote, started=t0, extra_tags=extra_tags,
+                            gate_margin=gate_margin)
 
 
 def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitted: Fitted, *, promote: str,
-                     extra_tags: dict[str, str] | None = None, started: float | None = None) -> TrainResult:
+                     extra_tags: dict[str, str] | None = None, started: float | None = None,
+                     gate_margin: float = 0.0) -> TrainResult:
     """Log the run (params, metrics, plots, spec, lineage), register, round-trip check, gate, alias."""
     import mlflow
 
@@ -313,9 +325,12 @@ def log_and_register(loaded: LoadedSpec, settings: Settings, data: Dataset, fitt
                             candidate_score=metrics[gate_metric], X=data.X_test, y=data.y_test, policy=promote,
                             memory_limit_mb=settings.model_load_memory_mb,
                             positive_class=spec.model.positive_class,
-                            decision_policy=spec.model.decision.policy() if spec.model.decision else None)
+                            decision_policy=spec.model.decision.policy() if spec.model.decision else None,
+                            margin=gate_margin)
         gate_tags: dict[str, str] = {Tag.GATE_PROMOTED: str(decision.promoted).lower(), Tag.GATE_REASON: decision.reason,
                      Tag.GATE_CHAMPION_VERSION: str(decision.champion_version or "")}
+        if gate_margin:
+            gate_tags[Tag.GATE_MARGIN] = repr(gate_margin)
         mlflow.set_tags(gate_tags)
         if decision.champion_score is not None:
             mlflow.log_metric(f"gate_champion_{gate_metric}", decision.champion_score)

@@ -226,7 +226,7 @@ def champion(name: str, alias: str) -> Any | None:
 
 def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.DataFrame, y: np.ndarray,
          policy: str, memory_limit_mb: int = 2048, positive_class: Any = None,
-         decision_policy: dict[str, Any] | None = None) -> GateDecision:
+         decision_policy: dict[str, Any] | None = None, margin: float = 0.0) -> GateDecision:
     """Compare with the current champion on the candidate's evaluation data (with a decision policy: on
     the policy's metric, each model deciding with its own rule)."""
     current = champion(name, alias)
@@ -266,13 +266,14 @@ def gate(name: str, alias: str, *, metric: str, candidate_score: float, X: pd.Da
                                       f"evaluation data ({exc})", metric, candidate_score, current.version)
         return GateDecision(False, f"champion v{current.version} cannot be scored on this evaluation data ({exc}); "
                                    "pass --promote always to replace it", metric, candidate_score, current.version)
-    ok = better_or_equal(metric, candidate_score, old_score)
+    ok = better_or_equal(metric, candidate_score, old_score, margin)
     if policy == "always":
         return GateDecision(True, f"--promote always (candidate {candidate_score:.6f} vs champion "
                                   f"{old_score:.6f})", metric, candidate_score, current.version, old_score)
     verdict = "at least as good as" if ok else "worse than"
+    allowed = f" (non-inferiority margin {margin:g})" if margin else ""
     return GateDecision(ok, f"candidate {metric} {candidate_score:.6f} is {verdict} champion "
-                            f"v{current.version} {old_score:.6f} on the same evaluation data", metric,
+                            f"v{current.version} {old_score:.6f}{allowed} on the same evaluation data", metric,
                         candidate_score, current.version, old_score)
 
 
