@@ -181,3 +181,31 @@ def test_period_windows_follow_created_at(served: dict[str, Any]) -> None:
 
     for w in wins:
         assert len({pd.Timestamp(r[1]).floor("1s") for r in w.rows}) == 1
+
+
+def test_data_quality_gate(served: dict[str, Any]) -> None:
+    from monitoring_service.quality import check
+    from shared.spec import RetrainSpec
+
+    spec = served["loaded"].spec
+    ok = check(served["engine"], spec, 1, RetrainSpec(min_rows=100, label_rate=(0.01, 0.3)))
+    assert ok["passed"] and ok["labeled_rows"] == len(served["records"]), ok
+    bad = check(served["engine"], spec, 1, RetrainSpec(min_rows=10**6, max_missing_rate=0.05,
+                                                       label_rate=(0.5, 0.9)))
+    assert not bad["passed"]
+    text = "; ".join(bad["problems"])
+    assert "labeled rows, at least 1000000" in text and "police_report is missing" in text and "outside" in text
+
+
+def test_rollback_needs_a_previous_champion(served: dict[str, Any]) -> None:
+    from mlflow import MlflowClient
+
+    from training_pipeline.rollback import RollbackError, rollback
+
+    client = MlflowClient(served["uri"], served["uri"])
+    with pytest.raises(RollbackError, match="no champion before it"):
+        rollback(client, "claims-fraud", "champion")
+    with pytest.raises(RollbackError, match="version 1 already"):
+        rollback(client, "claims-fraud", "champion", to="1")
+    with pytest.raises(RollbackError, match="has no version 9"):
+        rollback(client, "claims-fraud", "champion", to="9")
