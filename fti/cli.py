@@ -401,6 +401,61 @@ def cmd_monitor_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from monitoring_service.app import create_app
+    from monitoring_service.config import Settings
+
+    settings = Settings()
+    loaded = _spec(args.spec)
+    os.nice(settings.monitor_nice)
+    uvicorn.run(create_app(settings, loaded, retrain=not args.no_retrain), host=args.host or settings.monitor_host,
+                port=args.port or settings.monitor_port, log_level="warning")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """A pipeline's worker: takes the retrainings the monitor requested, one at a time, until stopped."""
+    import time
+
+    from shared.db import make_engine
+
+    loaded = _spec(args.spec)
+    if args.stage == "features":
+        from feature_pipeline.config import Settings as FeatureSettings
+        from feature_pipeline.retrain_step import run_requested
+
+        settings: Any = FeatureSettings()
+    else:
+        from training_pipeline.config import Settings as TrainSettings
+        from training_pipeline.retrain_step import run_requested  # type: ignore[assignment]
+
+        settings = TrainSettings()
+    engine = make_engine(settings.feature_store_url)
+    print(f"{args.stage} worker for {loaded.spec.name}: waiting for requested retrainings (every {args.interval}s)",
+          flush=True)
+    said = ""
+    try:
+        while True:
+            try:
+                done = run_requested(loaded, settings, engine)
+            except Exception as exc:  # noqa: BLE001 - a store not reachable yet, or no monitor tables yet
+                text = f"{args.stage} worker: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}; retrying"
+                if text != said:
+                    print(text, file=sys.stderr, flush=True)
+                    said = text
+                done = None
+            if done is not None:
+                print(f"retraining {done['decision_id']}: {done['action']} - {done['verdict']}", flush=True)
+                continue
+            if args.once:
+                return 0
+            time.sleep(args.interval)
+    finally:
+        engine.dispose()
+
+
 def _print_lineage(out: dict[str, Any]) -> None:
     p, m, run, f = out["prediction"], out["model"], out["training_run"], out["features"]
     tr, hist = f["trained_on"], f["history_read_from"]
@@ -564,6 +619,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "fits on shuffled labels, and the gate must refuse it")
     mr.add_argument("--json", action="store_true", help="print the summaries as JSON")
     mr.set_defaults(func=cmd_monitor_run)
+
+    ms = mon.add_parser("serve", help="the monitor service: passes on a timer, /health, /metrics (Prometheus), "
+                                      "/reports; requests retrainings for the pipelines' workers")
+    ms.add_argument("--spec", required=True, help="the dataset spec")
+    ms.add_argument("--host", help="default: $FTI_MONITOR_HOST, else 127.0.0.1")
+    ms.add_argument("--port", type=int, help="default: $FTI_MONITOR_PORT, else 8001")
+    ms.add_argument("--no-retrain", action="store_true", help="report drift only, never request a retraining")
+    ms.set_defaults(func=cmd_monitor_serve)
+
+    wk = sub.add_parser("worker", help="a pipeline's worker for retrainings the monitor requested "
+                                       "(features: build + data-quality gate; training: train + gate)")
+    wk.add_argument("stage", choices=["features", "training"])
+    wk.add_argument("--spec", required=True, help="the dataset spec")
+    wk.add_argument("--interval", type=float, default=5.0, help="seconds between looks at the queue (default 5)")
+    wk.add_argument("--once", action="store_true", help="handle what is waiting, then exit")
+    wk.set_defaults(func=cmd_worker)
 
     lin = sub.add_parser("lineage", help="a logged prediction's lineage chain, recomputed")
     lin.add_argument("prediction_id", help="the prediction_id /predict returned")

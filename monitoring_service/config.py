@@ -13,6 +13,11 @@ class Settings(MlflowSettings):
     monitor_interval_seconds: float = Field(default=60.0, gt=0, le=86_400, description="FTI_MONITOR_INTERVAL_"
                                             "SECONDS: how often the monitor service reads the prediction log")
 
+    monitor_nice: int = Field(default=10, ge=0, le=19, description="FTI_MONITOR_NICE: the monitor service lowers "
+                              "its CPU priority by this much, so serving on the same host keeps the CPU it needs")
+    monitor_host: str = Field(default="127.0.0.1", description="FTI_MONITOR_HOST: where `fti monitor serve` listens")
+    monitor_port: int = Field(default=8001, ge=1, le=65535, description="FTI_MONITOR_PORT")
+
     @property
     def reports_path(self) -> Path:
         return self.reports_dir or self.data_dir / "reports"

@@ -117,7 +117,22 @@ def scores_and_predictions(window: Window, positive_label: str | None, regressio
     return score, preds, proba
 
 
-def model_inputs(engine: Engine, spec: DatasetSpec, window: Window) -> pd.DataFrame:
+class VersionEvents:
+    """Each feature version's rows, read once per monitor pass (not once per window): the history
+    transformer takes every event of the version and keeps, per record, the entity's strictly earlier ones."""
+
+    def __init__(self, engine: Engine, spec: DatasetSpec):
+        self.engine, self.spec = engine, spec
+        self._cache: dict[int, pd.DataFrame] = {}
+
+    def __call__(self, version: int) -> pd.DataFrame:
+        if version not in self._cache:
+            self._cache[version] = ft.read_version(self.engine, self.spec, version)
+        return self._cache[version]
+
+
+def model_inputs(engine: Engine, spec: DatasetSpec, window: Window, events: VersionEvents | None = None
+                 ) -> pd.DataFrame:
     """The window's model inputs (and raw columns), recomputed from the logged records as serving did:
     history from each prediction's logged feature version (strictly earlier events of the entity)."""
     records = [json.loads(r[5]) for r in window.rows]
@@ -133,15 +148,17 @@ def model_inputs(engine: Engine, spec: DatasetSpec, window: Window) -> pd.DataFr
         idx = np.flatnonzero(versions == v)
         part = frame.iloc[idx].reset_index(drop=True)
         if v < 0:
-            events = part.iloc[:0]
+            history = part.iloc[:0]
+        elif events is not None:
+            history = events(int(v))
         else:
             before = part[spec.event_time].max()
-            events = ft.read_history(engine, spec, int(v), part[spec.entity_key].tolist(), before)
-        parts.append(compute_online(part, events, spec))
+            history = ft.read_history(engine, spec, int(v), part[spec.entity_key].tolist(), before)
+        parts.append(compute_online(part, history, spec))
         order.append(idx)
     out = pd.concat(parts, ignore_index=True)
     positions = np.concatenate(order)
     return out.iloc[np.argsort(positions, kind="stable")].reset_index(drop=True)
 
 
-__all__ = ["Window", "model_inputs", "model_versions", "scores_and_predictions", "windows"]
+__all__ = ["VersionEvents", "Window", "model_inputs", "model_versions", "scores_and_predictions", "windows"]

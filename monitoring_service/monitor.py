@@ -94,10 +94,10 @@ def _columns(frame: Any, profile: dict[str, Any]) -> dict[str, Any]:
 
 
 def window_report(engine: Engine, spec: DatasetSpec, ref: Reference, window: lr.Window,
-                  thresholds: drift.Thresholds) -> dict[str, Any]:
+                  thresholds: drift.Thresholds, events: lr.VersionEvents | None = None) -> dict[str, Any]:
     """The report of one window (deterministic in the window's rows, the profile and the labels)."""
     regression = spec.model.task == "regression"
-    frame = lr.model_inputs(engine, spec, window)
+    frame = lr.model_inputs(engine, spec, window, events)
     scores, preds, proba = lr.scores_and_predictions(window, ref.positive_label, regression)
     history = frozenset(h.name for h in spec.features.history)
     result = drift.evaluate(ref.profile, _columns(frame, ref.profile), scores, thresholds, history=history)
@@ -141,8 +141,10 @@ def run_pass(engine: Engine, spec: DatasetSpec, client: Any, *, out_dir: Path | 
     m = spec.monitoring
     thresholds = drift.Thresholds(alpha=m.alpha, min_psi=m.min_psi, min_rows=m.min_rows)
     name = spec.model.name
-    ft.upgrade(engine)  # the drift tables (0004): the monitor writes them
+    if ft.schema_revision(engine) != ft.SCHEMA_HEAD:
+        ft.upgrade(engine)  # the drift tables (0004): the monitor writes them
     result = PassResult()
+    events = lr.VersionEvents(engine, spec)
     for version in versions or lr.model_versions(engine, name):
         try:
             ref = fetch_reference(client, name, version, tracking_uri)
@@ -152,7 +154,7 @@ def run_pass(engine: Engine, spec: DatasetSpec, client: Any, *, out_dir: Path | 
             continue
         for window in lr.windows(engine, name, version, rows=m.window_rows, period=m.window_period,
                                  include_partial=include_partial):
-            report = window_report(engine, spec, ref, window, thresholds)
+            report = window_report(engine, spec, ref, window, thresholds, events)
             text = drift.canonical_json(report)
             rid = mt.report_id(text)
             s = summary(report, rid, m.min_drift_share)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -135,6 +135,84 @@ def save_decision(engine: Engine, row: dict[str, Any]) -> str:
     return did
 
 
+# A retraining travels through these states in its one row: the monitor requests it, the feature
+# pipeline builds and checks a version, the training pipeline trains and gates -- each in its own
+# process or container, handing over through this table (no process starts another).
+IN_FLIGHT = ("requested", "building", "features_ready", "training")
+FINAL = ("retrained", "refused", "failed")
+
+
+def _lock_id(model_name: str) -> str:
+    return "lock-" + hashlib.sha256(model_name.encode()).hexdigest()[:27]
+
+
+def request(engine: Engine, row: dict[str, Any], *, stale_after: timedelta = timedelta(hours=6)) -> str | None:
+    """Insert a ``requested`` retraining unless one of the model is in flight (then None). A fixed-id
+    lock row makes two monitors deciding at once insert one request; a lock older than ``stale_after``
+    (a crashed worker) is taken over."""
+    from sqlalchemy import delete
+    from sqlalchemy.exc import IntegrityError
+
+    t = retrain_decisions
+    lock = _lock_id(row["model_name"])
+    now = ft.utcnow()
+    with engine.begin() as conn:
+        held = conn.execute(select(t.c.created_at).where(t.c.decision_id == lock)).first()
+        if held is not None and now - held.created_at > stale_after:
+            conn.execute(delete(t).where(t.c.decision_id == lock))
+            conn.execute(t.update().where(t.c.model_name == row["model_name"], t.c.action.in_(IN_FLIGHT))
+                         .values(action="failed", verdict="abandoned: no progress for " + str(stale_after)))
+    payload = json.dumps({k: (ft.iso_utc(v) if isinstance(v, datetime) else v) for k, v in row.items()},
+                         sort_keys=True, default=str)
+    did = hashlib.sha256((payload + now.isoformat()).encode()).hexdigest()[:32]
+    try:
+        with engine.begin() as conn:
+            conn.execute(t.insert().values(decision_id=lock, dataset=row["dataset"], model_name=row["model_name"],
+                                           created_at=now, action="lock", trigger={}, report_ids=[],
+                                           verdict=f"retraining {did} in flight", details={}))
+            conn.execute(t.insert().values(**{**row, "decision_id": did, "action": "requested", "created_at": now}))
+    except IntegrityError:
+        return None
+    return did
+
+
+def claim(engine: Engine, decision_id: str, from_action: str, to_action: str) -> bool:
+    """Move a retraining from one state to the next; False if another worker moved it first."""
+    t = retrain_decisions
+    with engine.begin() as conn:
+        done = conn.execute(t.update().where(t.c.decision_id == decision_id, t.c.action == from_action)
+                            .values(action=to_action))
+    return bool(done.rowcount)
+
+
+def update(engine: Engine, decision_id: str, **fields: Any) -> None:
+    """Change a retraining's fields; a final ``action`` also releases the model's lock."""
+    from sqlalchemy import delete
+
+    t = retrain_decisions
+    with engine.begin() as conn:
+        conn.execute(t.update().where(t.c.decision_id == decision_id).values(**fields))
+        if fields.get("action") in FINAL:
+            row = conn.execute(select(t.c.model_name).where(t.c.decision_id == decision_id)).first()
+            if row is not None:
+                conn.execute(delete(t).where(t.c.decision_id == _lock_id(row.model_name)))
+
+
+def pending(engine: Engine, dataset: str, action: str) -> dict[str, Any] | None:
+    """The oldest retraining of ``dataset`` waiting in state ``action``."""
+    t = retrain_decisions
+    with engine.connect() as conn:
+        row = conn.execute(select(t).where(t.c.dataset == dataset, t.c.action == action)
+                           .order_by(t.c.created_at, t.c.decision_id).limit(1)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(retrain_decisions).where(retrain_decisions.c.decision_id == decision_id)).first()
+    return dict(row._mapping) if row is not None else None
+
+
 def list_decisions(engine: Engine, model_name: str, *, limit: int = 100) -> list[dict[str, Any]]:
     ft.check_schema(engine, minimum=MONITOR_TABLES_REVISION)
     t = retrain_decisions
@@ -144,5 +222,6 @@ def list_decisions(engine: Engine, model_name: str, *, limit: int = 100) -> list
     return [dict(r._mapping) for r in rows]
 
 
-__all__ = ["MONITOR_TABLES_REVISION", "drift_reports", "get_report", "list_decisions", "list_reports",
-           "report_id", "retrain_decisions", "save_decision", "save_report"]
+__all__ = ["FINAL", "IN_FLIGHT", "MONITOR_TABLES_REVISION", "claim", "drift_reports", "get_decision", "get_report",
+           "list_decisions", "list_reports", "pending", "report_id", "request", "retrain_decisions", "save_decision",
+           "save_report", "update"]

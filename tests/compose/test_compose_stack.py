@@ -26,7 +26,8 @@ from tests.infra.ports import free_port
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-SERVICES = ["postgres", "mlflow", "demo-data", "feature-pipeline", "training-pipeline", "inference"]
+SERVICES = ["postgres", "mlflow", "demo-data", "feature-pipeline", "training-pipeline", "inference", "monitor",
+            "feature-worker", "training-worker"]
 JOBS = {"demo-data", "feature-pipeline", "training-pipeline"}
 SPEC = "/app/specs/claims.yaml"
 KEY = {"X-API-Key": "fti-local-key"}  # the documented local key (docker-compose.yml, README)
@@ -101,7 +102,7 @@ def images() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stack(images: dict[str, str], tmp_path_factory) -> Iterator[Stack]:
     env = {**images, "FTI_INFERENCE_PORT": str(free_port()), "FTI_MLFLOW_PORT": str(free_port()),
-           "FTI_RELOAD_INTERVAL_SECONDS": "2",
+           "FTI_RELOAD_INTERVAL_SECONDS": "2", "FTI_MONITOR_INTERVAL_SECONDS": "3",
            # A small first dataset, so the full one trained later yields a better model.
            "FTI_DEMO_POLICYHOLDERS": "250"}
     env.pop("COMPOSE_PROJECT_NAME", None)
@@ -281,7 +282,8 @@ def test_new_data_and_training_move_champion_with_zero_failed_requests(stack: St
                     seen.append((r.status_code, r.headers.get("x-model-version")))
                 except httpx.HTTPError as exc:
                     seen.append((0, repr(exc)))
-                time.sleep(0.05)
+                time.sleep(0.2)  # one record over and over: fewer than the 2 drifted windows of 1,000 the
+                # monitor's policy needs, so the monitor stays out of this test (the next one is its own)
 
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
@@ -306,14 +308,121 @@ def test_new_data_and_training_move_champion_with_zero_failed_requests(stack: St
     assert stack.ready()["model_version"] == "2"
 
 
+def _monitor_state(stack: Stack) -> dict:
+    """The monitor service's /health/ready, from inside its container (it publishes no port)."""
+    script = ("import json, urllib.request\n"
+              "try:\n    r = urllib.request.urlopen('http://127.0.0.1:8001/health/ready', timeout=10)\n"
+              "except urllib.error.HTTPError as e:\n    r = e\nprint(r.read().decode())")
+    out = stack.compose("exec", "-T", "monitor", "python3", "-c", script, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _decisions(stack: Stack) -> list[dict]:
+    script = """
+import json
+from shared.db import make_engine
+from shared.monitor_table import list_decisions
+from shared.settings import CommonSettings
+engine = make_engine(CommonSettings().feature_store_url)
+rows = [d for d in list_decisions(engine, "claims-fraud", limit=100) if d["action"] != "lock"]
+print(json.dumps([{k: d[k] for k in ("action", "verdict", "candidate_version", "champion_version",
+                                     "candidate_score", "champion_score", "report_ids", "trigger")}
+                  for d in rows], default=str))
+"""
+    out = stack.compose("exec", "-T", "monitor", "python3", "-c", script, timeout=120).stdout
+    return list(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_drift_is_watched_and_retraining_goes_through_the_workers_and_the_gate(stack: Stack, tmp_path: Path):
+    """Issue 13 in compose: drifted traffic -> the monitor service's windows drift -> it requests one
+    retraining -> the feature worker builds and checks a version, the training worker trains and gates it
+    -> promoted and served after its certificate; the cooldown holds; a shuffled-label candidate is refused;
+    ``fti rollback`` brings the champion back -- no request fails."""
+    import pandas as pd
+
+    from fti.demo_data import generate_claims, to_csv_bytes
+    from tests.helpers import CLAIMS_SPEC
+
+    before = stack.ready()["model_version"]
+    drift = ["--policyholders", "4000", "--end", "2026-06-30", "--drift-from", "2026-01-01"]
+    stack.compose("run", "--rm", "--no-deps", "demo-data", "data", "generate", "--spec", SPEC, *drift)
+    frame = generate_claims(n_policyholders=4000, end="2026-06-30", drift_from="2026-01-01")
+    csv = tmp_path / "traffic.csv"
+    csv.write_bytes(to_csv_bytes(frame[frame["claim_ts"] >= pd.Timestamp("2026-01-01", tz="UTC")]))
+    traffic = raw_json_records(csv, CLAIMS_SPEC)
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            k = 0
+            while not stop.is_set():
+                try:
+                    r = http.post(f"{stack.url}/predict", json={"records": [traffic[k % len(traffic)]]}, headers=KEY)
+                    seen.append((r.status_code, r.headers.get("x-model-version")))
+                except httpx.HTTPError as exc:
+                    seen.append((0, repr(exc)))
+                k += 1
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        retrained: list[dict] = []
+        deadline = time.monotonic() + 600
+        i = 0
+        with httpx.Client(timeout=120) as http:
+            while time.monotonic() < deadline and not retrained:
+                for _ in range(5):  # drifted traffic in 100-record batches
+                    body = [traffic[(i + j) % len(traffic)] for j in range(100)]
+                    i += 100
+                    r = http.post(f"{stack.url}/predict", json={"records": body}, headers=KEY)
+                    assert r.status_code == 200, r.text[:300]
+                time.sleep(3)
+                retrained = [d for d in _decisions(stack) if d["action"] in ("retrained", "refused", "failed")]
+        assert retrained, (_monitor_state(stack), _decisions(stack))
+        d = retrained[0]
+        assert d["action"] == "retrained", d
+        assert d["trigger"].get("drift") and d["report_ids"], d
+        new = d["candidate_version"]
+        deadline = time.monotonic() + 120
+        while stack.ready()["model_version"] != new:
+            assert time.monotonic() < deadline, stack.ready()
+            time.sleep(1)
+        time.sleep(15)  # more windows, within the cooldown
+        finals = [x for x in _decisions(stack) if x["action"] in ("retrained", "refused", "failed", "requested")]
+        assert len(finals) == 1, finals
+        state = _monitor_state(stack)
+        assert state["status"] == "ready" and state["passes"] >= 3, state
+
+        out = stack.compose("run", "--rm", "--no-deps", "training-pipeline", "train", "--spec", SPEC,
+                            "--negative-control").stdout
+        assert "not promoted" in out and "worse than" in out, out
+
+        t0 = time.monotonic()
+        out = stack.compose("run", "--rm", "--no-deps", "training-pipeline", "rollback", "claims-fraud").stdout
+        assert f"version {new} -> {before}" in out, out
+        moved = time.monotonic()
+        while stack.ready()["model_version"] != before:
+            assert time.monotonic() - moved < 10, stack.ready()
+            time.sleep(0.2)
+        print(f"rollback: command {moved - t0:.1f}s, then served in {time.monotonic() - moved:.1f}s")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    failures = [x for x in seen if x[0] != 200]
+    assert not failures, failures[:5]
+    assert len(seen) > 100
+
+
 def test_down_then_up_keeps_versions_and_down_v_removes_everything(stack: Stack):
     stack.compose("down", timeout=300)
     stack.compose("up", "-d", "--wait", "--wait-timeout", "900", "--no-build", timeout=1200)
     ready = stack.ready()
-    assert ready["model_version"] == "2"
+    assert ready["model_version"] == "2"  # the champion the rollback restored
     out = stack.compose("run", "--rm", "--no-deps", "feature-pipeline", "features", "list", "--spec", SPEC, "--json").stdout
     versions = [v["version"] for v in json.loads(out[out.index("["):])]
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]  # the third: the retraining's
     logs = stack.compose("logs", "--no-log-prefix", "training-pipeline", timeout=60).stdout
     assert "skipped" in logs  # the re-up trained nothing new
 

@@ -55,7 +55,7 @@ def _decisions(data: Path) -> list[dict[str, Any]]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(retrain_decisions).order_by(retrain_decisions.c.created_at)).all()
-        return [dict(r._mapping) for r in rows if r.action != "running"]
+        return [dict(r._mapping) for r in rows if r.action != "lock"]
     finally:
         engine.dispose()
 

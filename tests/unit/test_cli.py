@@ -174,7 +174,8 @@ COMMANDS = [["data", "generate", "--spec", "{spec}"], ["features", "run", "--spe
             ["serve", "--spec", "{spec}"], ["predict-batch", "--spec", "{spec}"],
             ["lineage", "0" * 32, "--spec", "{spec}"], ["features", "migrate"], ["keys", "new", "--id", "k"],
             ["spec", "check", "--spec", "{spec}"], ["spec", "init", "--source", "{spec}", "--label", "y"],
-            ["monitor", "run", "--spec", "{spec}"], ["rollback", "m"]]
+            ["monitor", "run", "--spec", "{spec}"], ["monitor", "serve", "--spec", "{spec}"], ["rollback", "m"],
+            ["worker", "features", "--spec", "{spec}"]]
 
 
 def test_every_command_covered() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from sklearn import metrics as skm
 
@@ -51,8 +52,9 @@ def served(claims_store: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
 
     s = copy_store(claims_store, tmp_path_factory.mktemp("monitor") / "store")
     records = raw_json_records(s["spec"].parent / "raw" / "claims.csv", s["spec"])
-    with s["spec"].open("a") as fh:  # one window per served batch of records
-        fh.write(f"monitoring:\n  window_rows: {len(records)}\n  min_rows: 500\n")
+    data = yaml.safe_load(s["spec"].read_text())  # one window per served batch of records
+    data["monitoring"] = {"window_rows": len(records), "min_rows": 500}
+    s["spec"].write_text(yaml.safe_dump(data, sort_keys=False))
     settings = Settings(spec=s["spec"], data_dir=s["data"], reload_interval_seconds=0, allowed_hosts="testserver")
     with mlflow_uris_restored(), TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 120
@@ -184,7 +186,7 @@ def test_period_windows_follow_created_at(served: dict[str, Any]) -> None:
 
 
 def test_data_quality_gate(served: dict[str, Any]) -> None:
-    from monitoring_service.quality import check
+    from feature_pipeline.quality import check
     from shared.spec import RetrainSpec
 
     spec = served["loaded"].spec
@@ -209,3 +211,32 @@ def test_rollback_needs_a_previous_champion(served: dict[str, Any]) -> None:
         rollback(client, "claims-fraud", "champion", to="1")
     with pytest.raises(RollbackError, match="has no version 9"):
         rollback(client, "claims-fraud", "champion", to="9")
+
+
+def test_monitor_service_probes_metrics_and_reports(served: dict[str, Any], tmp_path: Path) -> None:
+    """``create_app`` in process: a pass on its timer, then probes, Prometheus gauges, reports."""
+    from monitoring_service.app import create_app
+    from monitoring_service.config import Settings
+
+    settings = Settings(data_dir=served["data"], reports_dir=tmp_path, monitor_interval_seconds=3600)
+    with mlflow_uris_restored(), TestClient(create_app(settings, served["loaded"], retrain=False)) as client:
+        assert client.get("/health/live").status_code == 200
+        deadline = time.monotonic() + 60
+        while client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/health/ready").text
+            time.sleep(0.2)
+        ready = client.get("/health/ready").json()
+        assert ready["passes"] == 1 and ready["reason"] is None
+        text = client.get("/metrics").text
+        assert 'fti_monitor_passes_total 1' in text
+        assert re.search(r'fti_drift_share\{model="claims-fraud",version="1"\} [0-9.]+', text), text[:2000]
+        assert 'fti_drift_feature_drifted{model="claims-fraud",version="1",feature="claim_amount"} 1' in text
+        assert 'fti_realized_labeled_rows{model="claims-fraud",version="1"}' in text
+        listed = client.get("/reports").json()
+        assert len(listed) == 2 and all("report" not in r for r in listed)
+        rid = listed[0]["report_id"]
+        body = client.get(f"/reports/{rid}")
+        assert body.status_code == 200 and json.loads(body.content)["window"]["rows"] == len(served["records"])
+        html = client.get(f"/reports/{rid}.html")
+        assert html.status_code == 200 and "<svg" in html.text
+        assert client.get("/reports/" + "0" * 32).status_code == 404
