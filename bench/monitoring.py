@@ -77,11 +77,18 @@ def fill_log(url: str, records: list[dict[str, Any]], rows: int, *, workers: int
         rep += 1
     lock = threading.Lock()
     failures: list[str] = []
+    retries = [0]
 
     def work(part: list[list[dict[str, Any]]]) -> None:
         with httpx.Client(timeout=300) as c:
             for body in part:
-                r = c.post(f"{url}/predict", json={"records": body})
+                for _ in range(100):  # a 503 "overloaded" says when to retry (Retry-After), as a client would
+                    r = c.post(f"{url}/predict", json={"records": body})
+                    if r.status_code != 503:
+                        break
+                    with lock:
+                        retries[0] += 1
+                    time.sleep(float(r.headers.get("Retry-After", "1")) / 10)
                 if r.status_code != 200:
                     with lock:
                         failures.append(f"{r.status_code} {r.text[:200]}")
@@ -93,7 +100,8 @@ def fill_log(url: str, records: list[dict[str, Any]], rows: int, *, workers: int
         t.join()
     if failures:
         raise RuntimeError(f"{len(failures)} requests failed while filling the log: {failures[:3]}")
-    return {"rows": total, "requests": len(batches), "seconds": round(time.monotonic() - t0, 1)}
+    return {"rows": total, "requests": len(batches), "retried_503": retries[0],
+            "seconds": round(time.monotonic() - t0, 1)}
 
 
 def logged_rows(data_dir: Path) -> int:
