@@ -630,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser("worker", help="a pipeline's worker for retrainings the monitor requested "
                                        "(features: build + data-quality gate; training: train + gate)")
-    wk.add_argument("stage", choices=["features", "training"])
+    wk.add_argument("stage", choices=["features", "training"], help="features (the feature image) or training "
+                    "(the training image)")
     wk.add_argument("--spec", required=True, help="the dataset spec")
     wk.add_argument("--interval", type=float, default=5.0, help="seconds between looks at the queue (default 5)")
     wk.add_argument("--once", action="store_true", help="handle what is waiting, then exit")
