@@ -93,8 +93,7 @@ def metrics_text(engine: Any, model_name: str, state: State) -> str:
         lines.extend(rows)
     counts: dict[str, int] = {}
     for d in mt.list_decisions(engine, model_name, limit=10_000):
-        if d["action"] != "lock":
-            counts[d["action"]] = counts.get(d["action"], 0) + 1
+        counts[d["action"]] = counts.get(d["action"], 0) + 1
     lines.append("# TYPE fti_retrain_decisions gauge")
     lines.extend(f'fti_retrain_decisions{{model="{_esc(model_name)}",action="{_esc(a)}"}} {n}'
                  for a, n in sorted(counts.items()))

@@ -11,6 +11,8 @@ import html
 import math
 from typing import Any
 
+from shared.profile import reference_counts
+
 CSS = ("body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
        "td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:600}.ok{color:#1b5e20}"
@@ -60,10 +62,6 @@ def _bars(title: str, labels: list[str], reference: list[int], window: list[int]
     return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
 
 
-def _reference_counts(column: dict[str, Any]) -> list[int]:
-    return list(column["counts"]) if column["kind"] == "numeric" else list(column["top"].values()) + [column["other"]]
-
-
 def render(report: dict[str, Any], profile: dict[str, Any], report_id: str) -> str:
     d, w, m = report["drift"], report["window"], report["model"]
     out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
@@ -95,11 +93,11 @@ def render(report: dict[str, Any], profile: dict[str, Any], report_id: str) -> s
                        f"<td class=\"{mark}\">{_fmt(f['drifted'])}</td></tr>")
         out.append("</table>")
         if "prediction" in d:
-            out.append(_bars("model output", _bin_labels(profile["score"]), _reference_counts(profile["score"]),
+            out.append(_bars("model output", _bin_labels(profile["score"]), reference_counts(profile["score"]),
                              d["prediction"]["counts"]))
         for name, f in sorted(d["features"].items()):
             out.append(_bars(name, _bin_labels(profile["features"][name]),
-                             _reference_counts(profile["features"][name]), f["counts"]))
+                             reference_counts(profile["features"][name]), f["counts"]))
     p = report["performance"]
     out.append("<h2>Realized performance</h2>")
     if p.get("status") != "ok":

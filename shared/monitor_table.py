@@ -126,10 +126,15 @@ def get_report(engine: Engine, rid: str) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
-def save_decision(engine: Engine, row: dict[str, Any]) -> str:
+def _decision_id(row: dict[str, Any], salt: str = "") -> str:
+    """sha256 (first 32 hex digits) of the row's canonical JSON, plus ``salt``."""
     payload = json.dumps({k: (ft.iso_utc(v) if isinstance(v, datetime) else v) for k, v in row.items()},
                          sort_keys=True, default=str)
-    did = hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return hashlib.sha256((payload + salt).encode()).hexdigest()[:32]
+
+
+def save_decision(engine: Engine, row: dict[str, Any]) -> str:
+    did = _decision_id(row)
     with engine.begin() as conn:
         conn.execute(retrain_decisions.insert().values(decision_id=did, **row))
     return did
@@ -162,9 +167,7 @@ def request(engine: Engine, row: dict[str, Any], *, stale_after: timedelta = tim
             conn.execute(delete(t).where(t.c.decision_id == lock))
             conn.execute(t.update().where(t.c.model_name == row["model_name"], t.c.action.in_(IN_FLIGHT))
                          .values(action="failed", verdict="abandoned: no progress for " + str(stale_after)))
-    payload = json.dumps({k: (ft.iso_utc(v) if isinstance(v, datetime) else v) for k, v in row.items()},
-                         sort_keys=True, default=str)
-    did = hashlib.sha256((payload + now.isoformat()).encode()).hexdigest()[:32]
+    did = _decision_id(row, now.isoformat())
     try:
         with engine.begin() as conn:
             conn.execute(t.insert().values(decision_id=lock, dataset=row["dataset"], model_name=row["model_name"],
@@ -214,10 +217,11 @@ def get_decision(engine: Engine, decision_id: str) -> dict[str, Any] | None:
 
 
 def list_decisions(engine: Engine, model_name: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    """A model's decisions, newest first (the in-flight lock row is bookkeeping, not a decision)."""
     ft.check_schema(engine, minimum=MONITOR_TABLES_REVISION)
     t = retrain_decisions
     with engine.connect() as conn:
-        rows = conn.execute(select(t).where(t.c.model_name == model_name)
+        rows = conn.execute(select(t).where(t.c.model_name == model_name, t.c.action != "lock")
                             .order_by(t.c.created_at.desc(), t.c.decision_id).limit(limit)).all()
     return [dict(r._mapping) for r in rows]
 

@@ -324,7 +324,7 @@ from shared.db import make_engine
 from shared.monitor_table import list_decisions
 from shared.settings import CommonSettings
 engine = make_engine(CommonSettings().feature_store_url)
-rows = [d for d in list_decisions(engine, "claims-fraud", limit=100) if d["action"] != "lock"]
+rows = list_decisions(engine, "claims-fraud", limit=100)
 print(json.dumps([{k: d[k] for k in ("action", "verdict", "candidate_version", "champion_version",
                                      "candidate_score", "champion_score", "report_ids", "trigger")}
                   for d in rows], default=str))
