@@ -236,6 +236,9 @@ attempt("inference_reads", lambda: reader.get_model_version_by_alias("claims-fra
 attempt("inference_moves_alias", lambda: reader.set_registered_model_alias("claims-fraud", "champion", "1"))
 attempt("inference_tags_version", lambda: reader.set_model_version_tag("claims-fraud", "1", "fti.validated", "x"))
 attempt("inference_registers_version", lambda: reader.create_model_version("claims-fraud", "mlflow-artifacts:/x"))
+attempt("inference_creates_model", lambda: reader.create_registered_model("intruder"))
+attempt("inference_creates_experiment", lambda: reader.create_experiment("intruder"))
+attempt("inference_searches", lambda: reader.search_experiments())
 for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
     os.environ.pop(var)
 anonymous = MlflowClient()
@@ -245,8 +248,9 @@ print(json.dumps(out))
 """
     out = json.loads(stack.compose("exec", "-T", "inference", "python3", "-c", script, timeout=300
                                    ).stdout.strip().splitlines()[-1])
-    assert out["inference_reads"] == "allowed", out
-    for name in ("inference_moves_alias", "inference_tags_version", "inference_registers_version"):
+    assert out["inference_reads"] == out["inference_searches"] == "allowed", out
+    for name in ("inference_moves_alias", "inference_tags_version", "inference_registers_version",
+                 "inference_creates_model", "inference_creates_experiment"):
         assert out[name].startswith("403"), out
     for name in ("anonymous_registers", "anonymous_reads"):
         assert out[name].startswith("401"), out

@@ -136,7 +136,8 @@ def terminate_process_group(proc: subprocess.Popen, *, grace: float = 20.0) -> N
 
 
 def start_mlflow_server(
-    root: Path, *, timeout: float = 60.0, attempts: int = 3
+    root: Path, *, timeout: float = 60.0, attempts: int = 3,
+    extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None,
 ) -> MlflowServer:
     """Start ``mlflow server`` with its state in ``root``; return once ``/health`` is 200.
 
@@ -151,6 +152,7 @@ def start_mlflow_server(
         **os.environ,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     }
     t0 = time.monotonic()
     for attempt in range(1, attempts + 1):
@@ -161,7 +163,7 @@ def start_mlflow_server(
             )
             log.flush()
             proc = subprocess.Popen(
-                mlflow_server_command(root, port),
+                mlflow_server_command(root, port) + list(extra_args or []),
                 cwd=root,
                 env=env,
                 stdin=subprocess.DEVNULL,
