@@ -373,16 +373,22 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_monitor_run(args: argparse.Namespace) -> int:
     from fti.retrain import cycle
     from monitoring_service.config import Settings
+    from monitoring_service.cpu_priority import lower_cpu_priority
 
     loaded = _spec(args.spec)
-    out_dir = Path(args.out) if args.out else Settings().reports_path
+    settings = Settings(**({"monitor_jobs": args.jobs} if args.jobs is not None else {}))
+    lower_cpu_priority(settings.monitor_nice, settings.monitor_sched_idle)
+    out_dir = Path(args.out) if args.out else settings.reports_path
     result = cycle(loaded, out_dir=out_dir, retrain=args.retrain, negative_control=args.negative_control,
-                   include_partial=args.include_partial)
+                   include_partial=args.include_partial, recompute=args.recompute, settings=settings)
     if args.json:
-        _print({"reports": result.reports, "new": result.new_reports, "skipped_versions": result.skipped_versions,
-                "decision": result.decision, "out": str(out_dir)})
+        _print({"reports": result.reports, "new": result.new_reports, "unchanged": result.unchanged,
+                "skipped_versions": result.skipped_versions, "decision": result.decision, "out": str(out_dir)})
         return 0
-    if not result.reports:
+    if result.unchanged:
+        print(f"{result.unchanged} window(s) already reported with the same labels, not computed again "
+              "(--recompute computes them)")
+    if not result.reports and not result.unchanged:
         print(f"no complete window of {loaded.spec.model.name} in the prediction log yet"
               + ("" if args.include_partial else " (--include-partial reports the one still filling)"))
     for r in result.reports:
@@ -406,10 +412,12 @@ def cmd_monitor_serve(args: argparse.Namespace) -> int:
 
     from monitoring_service.app import create_app
     from monitoring_service.config import Settings
+    from monitoring_service.cpu_priority import lower_cpu_priority
 
     settings = Settings()
     loaded = _spec(args.spec)
-    os.nice(settings.monitor_nice)
+    logging.getLogger("fti.monitor").info("CPU priority: %s",
+                                          lower_cpu_priority(settings.monitor_nice, settings.monitor_sched_idle))
     uvicorn.run(create_app(settings, loaded, retrain=not args.no_retrain), host=args.host or settings.monitor_host,
                 port=args.port or settings.monitor_port, log_level="warning")
     return 0
@@ -618,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     mr.add_argument("--negative-control", action="store_true", help="a fire drill: a retraining this pass triggers "
                     "fits on shuffled labels, and the gate must refuse it")
     mr.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    mr.add_argument("--recompute", action="store_true", help="compute every window again, even those already "
+                    "reported with the same labels (their reports come out byte for byte the same)")
+    mr.add_argument("--jobs", type=int, help="processes computing the windows (default: $FTI_MONITOR_JOBS, else "
+                    "one per usable CPU, at most 4)")
     mr.set_defaults(func=cmd_monitor_run)
 
     ms = mon.add_parser("serve", help="the monitor service: passes on a timer, /health, /metrics (Prometheus), "

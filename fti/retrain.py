@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def cycle(loaded: LoadedSpec, *, out_dir: Path | None = None, retrain: bool = True,
-          negative_control: bool = False, include_partial: bool = False) -> Any:
+          negative_control: bool = False, include_partial: bool = False, recompute: bool = False,
+          settings: Any = None) -> Any:
     """The monitor's step (:func:`monitoring_service.loop.watch`) and, when it requested a retraining,
     both pipelines' steps here, in this process (the embedded default)."""
     from monitoring_service.config import Settings as MonitorSettings
@@ -39,7 +40,7 @@ def cycle(loaded: LoadedSpec, *, out_dir: Path | None = None, retrain: bool = Tr
     from shared.db import make_engine
 
     out = watch(loaded, out_dir=out_dir, retrain=retrain, negative_control=negative_control,
-                include_partial=include_partial)
+                include_partial=include_partial, recompute=recompute, settings=settings)
     if out.decision is not None and out.decision.get("action") == "requested":
         engine = make_engine(MonitorSettings().feature_store_url)
         try:

@@ -15,8 +15,19 @@ class Settings(MlflowSettings):
 
     monitor_nice: int = Field(default=10, ge=0, le=19, description="FTI_MONITOR_NICE: the monitor service lowers "
                               "its CPU priority by this much, so serving on the same host keeps the CPU it needs")
+    monitor_sched_idle: bool = Field(default=True, description="FTI_MONITOR_SCHED_IDLE: the monitor runs under "
+                                     "Linux's SCHED_IDLE policy, getting a CPU only when nothing else wants one "
+                                     "(monitoring_service/cpu_priority.py)")
+    monitor_jobs: int = Field(default=0, ge=0, le=64, description="FTI_MONITOR_JOBS: processes that compute a "
+                              "pass's windows; 0: one per usable CPU, at most 4")
     monitor_host: str = Field(default="127.0.0.1", description="FTI_MONITOR_HOST: where `fti monitor serve` listens")
     monitor_port: int = Field(default=8001, ge=1, le=65535, description="FTI_MONITOR_PORT")
+
+    @property
+    def jobs(self) -> int:
+        from monitoring_service.cpu_priority import usable_cpus
+
+        return self.monitor_jobs or min(4, usable_cpus())
 
     @property
     def reports_path(self) -> Path:

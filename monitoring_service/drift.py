@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from shared import profile as prof
 
@@ -51,6 +51,16 @@ def _shares(counts: np.ndarray) -> np.ndarray:
     return np.asarray(smoothed / smoothed.sum(), dtype=np.float64)
 
 
+def _chi2_homogeneity(r: np.ndarray, c: np.ndarray) -> float:
+    """The p-value of Pearson's chi-square test of a 2 x k table (no continuity correction): what
+    ``scipy.stats.chi2_contingency(..., correction=False)`` computes, without its per-call overhead
+    (0.4 ms, which was an eighth of a monitor pass at 23 tests per window)."""
+    table = np.vstack([r, c])
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    return float(special.chdtrc(table.shape[1] - 1, statistic))
+
+
 def compare_counts(reference: list[int], current: list[int]) -> dict[str, float]:
     """PSI, Jensen-Shannon divergence, chi-square p-value and KS distance of two count vectors."""
     r = np.asarray(reference, dtype=np.float64)
@@ -63,8 +73,7 @@ def compare_counts(reference: list[int], current: list[int]) -> dict[str, float]
     if used.sum() < 2 or r.sum() == 0 or c.sum() == 0:
         p_value = 1.0
     else:
-        table = np.vstack([r[used], c[used]])
-        p_value = float(stats.chi2_contingency(table, correction=False).pvalue)
+        p_value = _chi2_homogeneity(r[used], c[used])
     raw_r = r / r.sum() if r.sum() else r
     raw_c = c / c.sum() if c.sum() else c
     ks = float(np.max(np.abs(np.cumsum(raw_r) - np.cumsum(raw_c)))) if len(r) else 0.0

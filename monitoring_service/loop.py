@@ -35,6 +35,7 @@ class Cycle:
     new_reports: int
     decision: dict[str, Any] | None = None
     skipped_versions: dict[str, str] = field(default_factory=dict)
+    unchanged: int = 0  # windows reported before with the same labels, not computed again
 
 
 def champion_reports(engine: Engine, model: str, version: str, min_share: float = 0.0) -> list[dict[str, Any]]:
@@ -56,7 +57,8 @@ def _parse(ts: Any) -> Any:
 
 
 def watch(loaded: LoadedSpec, *, out_dir: Path | None = None, retrain: bool = True,
-          negative_control: bool = False, include_partial: bool = False, settings: Any = None) -> Cycle:
+          negative_control: bool = False, include_partial: bool = False, settings: Any = None,
+          recompute: bool = False) -> Cycle:
     """One monitor pass and, with ``retrain``, one policy decision (a ``requested`` retraining, or why not).
     ``negative_control``: the requested retraining fits on shuffled labels -- a fire drill of the gate."""
     from mlflow import MlflowClient
@@ -73,8 +75,9 @@ def watch(loaded: LoadedSpec, *, out_dir: Path | None = None, retrain: bool = Tr
     engine = make_engine(settings.feature_store_url)
     try:
         result = run_pass(engine, spec, client, out_dir=out_dir or settings.reports_path,
-                          tracking_uri=settings.tracking_uri, include_partial=include_partial)
-        out = Cycle(result.reports, result.new, skipped_versions=result.skipped_versions)
+                          tracking_uri=settings.tracking_uri, include_partial=include_partial, recompute=recompute,
+                          jobs=settings.jobs)
+        out = Cycle(result.reports, result.new, skipped_versions=result.skipped_versions, unchanged=result.unchanged)
         policy = spec.monitoring.retrain
         if not retrain:
             return out

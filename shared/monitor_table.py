@@ -109,6 +109,44 @@ def save_report(engine: Engine, row: dict[str, Any]) -> bool:
         return bool(conn.execute(stmt).rowcount)
 
 
+def save_reports(engine: Engine, rows: list[dict[str, Any]]) -> int:
+    """Insert report rows (one transaction) unless their ids are there already; how many were new."""
+    if not rows:
+        return 0
+    dialect = engine.dialect.name
+    table = drift_reports
+    if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - fti supports SQLite and PostgreSQL
+        return sum(save_report(engine, r) for r in rows)
+    new = 0
+    with engine.begin() as conn:
+        for row in rows:
+            stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**row) \
+                .on_conflict_do_nothing(index_elements=["report_id"])
+            new += int(bool(conn.execute(stmt).rowcount))
+    return new
+
+
+WindowKey = tuple[str, datetime, datetime, int]  # (window kind, first and last created_at, rows)
+
+
+def reported_windows(engine: Engine, model_name: str, model_version: str) -> dict[WindowKey, dict[Any, str]]:
+    """The windows of a model version already reported: key -> {the feature version its labels came from:
+    report id} (a window is reported again when a newer feature version may hold more of its labels)."""
+    ft.check_schema(engine, minimum=MONITOR_TABLES_REVISION)
+    t = drift_reports
+    out: dict[WindowKey, dict[Any, str]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.window_kind, t.c.window_start, t.c.window_end, t.c.rows, t.c.performance,
+                                   t.c.report_id)
+                            .where(t.c.model_name == model_name, t.c.model_version == str(model_version))
+                            .order_by(t.c.created_at, t.c.report_id))
+        for kind, start, end, n, performance, rid in rows:
+            perf = performance if isinstance(performance, dict) else json.loads(performance or "{}")
+            key = (str(kind), ft.naive_utc(start), ft.naive_utc(end), int(n))
+            out.setdefault(key, {})[perf.get("labels_from_feature_version")] = str(rid)
+    return out
+
+
 def list_reports(engine: Engine, model_name: str, *, limit: int = 100) -> list[dict[str, Any]]:
     """The latest reports of a model, newest window first."""
     ft.check_schema(engine, minimum=MONITOR_TABLES_REVISION)
@@ -227,5 +265,5 @@ def list_decisions(engine: Engine, model_name: str, *, limit: int = 100) -> list
 
 
 __all__ = ["FINAL", "IN_FLIGHT", "MONITOR_TABLES_REVISION", "claim", "drift_reports", "get_decision", "get_report",
-           "list_decisions", "list_reports", "pending", "report_id", "request", "retrain_decisions", "save_decision",
-           "save_report", "update"]
+           "list_decisions", "list_reports", "pending", "report_id", "reported_windows", "request", "retrain_decisions",
+           "save_decision", "save_report", "save_reports", "update", "WindowKey"]

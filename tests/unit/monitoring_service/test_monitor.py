@@ -102,8 +102,8 @@ def test_same_window_same_bytes_and_no_new_row(served: dict[str, Any], first: An
 
     result, out = first
     with mlflow_uris_restored():
-        again = _pass(served, tmp_path)
-    assert again.new == 0
+        again = _pass(served, tmp_path, recompute=True)
+    assert again.new == 0 and again.unchanged == 0
     assert [r["report_id"] for r in again.reports] == [r["report_id"] for r in result.reports]
     for r in result.reports:
         a = (out / "claims-fraud" / r["model_version"] / f"{r['report_id']}.json").read_bytes()
@@ -113,6 +113,50 @@ def test_same_window_same_bytes_and_no_new_row(served: dict[str, Any], first: An
         assert stored is not None and stored["report"].encode() == a
         assert mt.report_id(a.decode()) == r["report_id"]
     assert len(mt.list_reports(served["engine"], "claims-fraud")) == len(result.reports)
+
+
+def test_a_window_reported_with_the_same_labels_is_not_computed_again(served: dict[str, Any], first: Any) -> None:
+    result, _ = first
+    with mlflow_uris_restored():
+        again = _pass(served, None)
+    assert (again.new, again.unchanged, again.reports) == (0, len(result.reports), [])
+
+
+def test_a_window_is_computed_again_when_its_labels_may_have_changed(served: dict[str, Any], first: Any) -> None:
+    """The stored reports say their labels came from another feature version: the pass computes them again
+    (and, the labels being in fact the same, writes no new row)."""
+    from sqlalchemy import update
+
+    from shared import monitor_table as mt
+
+    result, _ = first
+    engine = served["engine"]
+    t = mt.drift_reports
+    with engine.begin() as conn:
+        before = {r.report_id: r.performance for r in conn.execute(t.select())}
+        for rid, performance in before.items():
+            conn.execute(update(t).where(t.c.report_id == rid)
+                         .values(performance={**performance, "labels_from_feature_version": -1}))
+    try:
+        with mlflow_uris_restored():
+            again = _pass(served, None)
+    finally:
+        with engine.begin() as conn:
+            for rid, performance in before.items():
+                conn.execute(update(t).where(t.c.report_id == rid).values(performance=performance))
+    assert again.unchanged == 0 and again.new == 0
+    assert [r["report_id"] for r in again.reports] == [r["report_id"] for r in result.reports]
+
+
+def test_blocks_and_worker_processes_give_the_same_reports(served: dict[str, Any], first: Any) -> None:
+    """A window computed alone, in a block with others, or in a pool process: the same bytes."""
+    result, _ = first
+    expected = [r["report_id"] for r in result.reports]
+    with mlflow_uris_restored():
+        alone = _pass(served, None, recompute=True, block_rows=1)
+        pooled = _pass(served, None, recompute=True, jobs=2, block_rows=1)
+    assert [r["report_id"] for r in alone.reports] == expected
+    assert [r["report_id"] for r in pooled.reports] == expected
 
 
 def test_html_is_self_contained_and_holds_no_record(served: dict[str, Any], first: Any) -> None:
