@@ -12,6 +12,7 @@ JSON file and a self-contained HTML file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -243,7 +244,9 @@ def run_pass(engine: Engine, spec: DatasetSpec, client: Any, *, out_dir: Path | 
             pending = (w for w in lr.windows(engine, name, version, rows=m.window_rows, period=m.window_period,
                                              include_partial=include_partial) if todo(w))
             blocks = _blocks(pending, block_rows)
-            if jobs > 1:
+            head = list(itertools.islice(blocks, 2))  # a pool (seconds to start) only for two blocks or more
+            blocks = itertools.chain(head, blocks)
+            if jobs > 1 and len(head) > 1:
                 pool = pool or _pool(engine, spec, jobs)
                 computed: Iterator[tuple[list[lr.Window], list[dict[str, Any]]]] = _in_pool(pool, ref, blocks,
                                                                                               thresholds, jobs)
