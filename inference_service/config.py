@@ -95,8 +95,10 @@ class Settings(MlflowSettings):
     prediction_log_queue: int = Field(default=50_000, ge=1, le=10_000_000, description="rows the log may "
                                       "hold in memory before requests block briefly, then rows are dropped "
                                       "(counted and logged as errors)")
-    prediction_log_flush_seconds: float = Field(default=0.2, gt=0, le=60, description="a batch of the log is "
-                                                "written when it has 500 rows or this long after its first row")
+    prediction_log_flush_seconds: float = Field(default=0.02, gt=0, le=60, description="a batch of the log is "
+                                                "written when it has 500 rows or this long after its first row; "
+                                                "short, so that each batch holds the interpreter briefly (0.2 s "
+                                                "batches tripled /predict p99 at c=8: docs/monitoring.md)")
 
     @property
     def cache_dir(self) -> Path:

@@ -49,11 +49,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from inference_service.cpu_slot import CpuSlot
-from shared.prediction_table import predictions
+from shared.prediction_table import COLUMNS, predictions
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+MULTI_ROWS = 500  # rows per SQLite INSERT statement (x 12 columns: under SQLite's 32,766 bound values)
 RowsBuilder = Callable[[], Sequence[Row]]
 
 
@@ -86,7 +87,7 @@ class _Remaining(Exception):
 
 class PredictionLogWriter:
     def __init__(self, engine: Engine, *, max_queue: int = 50_000, batch_size: int = 500,
-                 flush_interval: float = 0.2, block_seconds: float = 0.5, max_backoff: float = 5.0,
+                 flush_interval: float = 0.02, block_seconds: float = 0.5, max_backoff: float = 5.0,
                  cpu_slot: CpuSlot | None = None):
         self.engine = engine
         self.cpu_slot = cpu_slot or CpuSlot(0)  # building and inserting rows is GIL-heavy: see cpu_slot
@@ -107,7 +108,9 @@ class PredictionLogWriter:
         self.last_error: str | None = None
         self.store_check: Callable[[], str | None] | None = None  # StoreGuard.file_problem, set by the app
         self._store_changed = False
-        self._cpu = 0.0  # CPU seconds the writer thread spent building and inserting rows
+        self._sqlite_insert: tuple[list[str], list[Any]] | None = None
+        self._build_cpu = 0.0  # CPU seconds the writer thread spent building rows ...
+        self._cpu = 0.0  # ... and inserting them
 
     # ------------------------------------------------------------------ producer side (request threads)
 
@@ -157,7 +160,8 @@ class PredictionLogWriter:
         # accepted rows not written yet: in the buffer, or in the batch being written
         out["pending"] = out["submitted"] - out["written"] - out["failed"] - out["lost_on_shutdown"]
         out["capacity"] = self.capacity
-        out["writer_cpu_seconds"] = round(self._cpu, 4)
+        out["writer_cpu_seconds"] = round(self._cpu + self._build_cpu, 4)
+        out["writer_build_cpu_seconds"] = round(self._build_cpu, 4)
         out["last_error"] = self.last_error
         return out
 
@@ -213,6 +217,21 @@ class PredictionLogWriter:
             return taken
 
     def _build(self, chunks: list[tuple[int, RowsBuilder]]) -> list[Row]:
+        """The chunks' rows. Builders of one kind with a ``build_many`` (``LogChunk``) are built together,
+        which is cheaper than one by one; if that fails, each is built alone, so one bad chunk fails alone."""
+        many = getattr(chunks[0][1], "build_many", None) if chunks else None
+        if many is not None and len(chunks) > 1 and all(getattr(b, "build_many", None) == many for _, b in chunks):
+            try:
+                built = list(many([b for _, b in chunks]))
+                if len(built) == sum(n for n, _ in chunks):
+                    return built
+                raise ValueError(f"expected {sum(n for n, _ in chunks)} rows, got {len(built)}")
+            except Exception:  # noqa: BLE001 - the builds one by one say which chunk is bad
+                log.warning("prediction log: building %d chunks together failed; building them one by one",
+                            len(chunks), exc_info=True)
+        return self._build_each(chunks)
+
+    def _build_each(self, chunks: list[tuple[int, RowsBuilder]]) -> list[Row]:
         rows: list[Row] = []
         for n, build in chunks:
             try:
@@ -242,7 +261,7 @@ class PredictionLogWriter:
                 cpu = time.thread_time()
                 with self.cpu_slot.held():
                     pending = self._build(chunks)
-                self._cpu += time.thread_time() - cpu
+                self._build_cpu += time.thread_time() - cpu
                 attempt = 0
                 continue
             head = pending[:self.batch_size]
@@ -284,7 +303,7 @@ class PredictionLogWriter:
         self._check_store()
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(predictions), rows)
+                self._insert(conn, rows)
             self._check_store()  # replaced while committing: the rows went into the old file, not written
         except SQLAlchemyError as exc:
             if _transient(exc):
@@ -295,6 +314,31 @@ class PredictionLogWriter:
             return
         self._count("written", len(rows))
         self._count("batches", 1)
+
+    def _insert(self, conn: Any, rows: list[Row]) -> None:
+        """The batch in one transaction. On SQLite, as multi-row ``INSERT ... VALUES`` statements of at most
+        ``MULTI_ROWS`` rows, the values bound by the dialect's own processors (what ``executemany`` would
+        store, byte for byte): ``executemany`` steps SQLite once per row and releases and retakes the GIL
+        at each step, so a batch of 500 rows forced 500 GIL hand-overs on the event loop, which convoyed
+        behind the writer (serving's throughput fell by a quarter with the log on; see docs/benchmarks.md).
+        Elsewhere (PostgreSQL), SQLAlchemy's ``insertmanyvalues`` batching already does this."""
+        if conn.dialect.name != "sqlite":
+            conn.execute(insert(predictions), rows)
+            return
+        if self._sqlite_insert is None:
+            names = list(COLUMNS)
+            processors = [predictions.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+                          for n in names]
+            self._sqlite_insert = (names, processors)
+        names, processors = self._sqlite_insert
+        head = f"INSERT INTO {predictions.name} ({', '.join(names)}) VALUES "
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        for start in range(0, len(rows), MULTI_ROWS):
+            part = rows[start:start + MULTI_ROWS]
+            params: list[Any] = []
+            for row in part:
+                params.extend(row[n] if proc is None else proc(row[n]) for n, proc in zip(names, processors, strict=True))
+            conn.exec_driver_sql(head + ", ".join([one] * len(part)), tuple(params))
 
     def _check_store(self) -> None:
         problem = self.store_check() if self.store_check is not None else None

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -33,7 +33,7 @@ from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
 from shared.certificate import raw_records, raw_records_from_arrays
 from shared.feature_table import FeatureStoreError, utcnow
-from shared.prediction_table import canonical_json, outputs
+from shared.prediction_table import canonical_json, new_prediction_id, outputs
 from shared.raw import RawDataError
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,18 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
     out: list[dict[str, Any]] = []
     if model.is_regressor:  # the one output column is the predicted value
         for i, value in enumerate(scored.proba[:, 0].tolist()):
-            out.append({"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": value})
+            out.append({"prediction_id": new_prediction_id(), "record_id": ids[i], "prediction": value})
     decided = model.decide(scored.proba).tolist() if not model.is_regressor else []
     k = model.positive_index if model.decision is not None else None
     for i, row in enumerate(scored.proba if not model.is_regressor else []):
-        item = {"prediction_id": uuid.uuid4().hex, "record_id": ids[i], "prediction": classes[decided[i]]}
+        item = {"prediction_id": new_prediction_id(), "record_id": ids[i], "prediction": classes[decided[i]]}
         if k is not None:
             item["score"] = float(row[k])
         item["probabilities"] = dict(zip(labels, row.tolist(), strict=True))
         out.append(item)
     if runtime.prediction_log is not None:  # rows are built and written in the log's thread
         now = utcnow()
-        runtime.prediction_log.submit_lazy(len(out), lambda: log_rows(runtime, model, scored, out, request_id, now))
+        runtime.prediction_log.submit_lazy(len(out), LogChunk(runtime, model, scored, out, request_id, now))
     result: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
                               "feature_version": scored.feature_version,
                               "trained_on_feature_version": model.trained_feature_version}
@@ -90,7 +90,6 @@ def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: 
              request_id: str, now: datetime) -> list[dict[str, Any]]:
     """One ``fti_predictions`` row per prediction; ``inputs`` is the normalised record, replayable as is."""
     spec = runtime.spec.spec
-    threshold = model.decision.threshold if model.decision is not None else None
     if scored.arrays is not None:  # the numpy online path: no frame here either
         inputs = raw_records_from_arrays(scored.arrays, spec)
         entities = list(scored.arrays[spec.entity_key])
@@ -99,12 +98,70 @@ def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: 
         inputs = raw_records(scored.records, spec)
         entities = scored.records[spec.entity_key].tolist()
         times = _naive_utc_column(scored.records[spec.event_time]) if spec.event_time else [None] * len(predictions)
+    return _rows(runtime, model, scored, predictions, request_id, now, inputs, entities, times)
+
+
+def _rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]], request_id: str,
+          now: datetime, inputs: list[dict[str, Any]], entities: list[Any], times: list[Any]) -> list[dict[str, Any]]:
+    spec = runtime.spec.spec
+    threshold = model.decision.threshold if model.decision is not None else None
     return [{"prediction_id": p["prediction_id"], "request_id": request_id, "created_at": now,
              "dataset": spec.name, "model_name": model.name, "model_version": model.version,
              "feature_version": scored.feature_version, "record_id": str(p["record_id"]),
              "entity_key": str(entities[i]), "event_time": times[i], "inputs": canonical_json(inputs[i]),
              "outputs": canonical_json(outputs(p["prediction"], p.get("probabilities"), threshold))}
             for i, p in enumerate(predictions)]
+
+
+class LogChunk:
+    """One request's log rows, built in the log's thread: alone (``chunk()``), or with the other chunks of
+    a batch at once (:meth:`build_many`, which the writer prefers)."""
+
+    __slots__ = ("model", "now", "predictions", "request_id", "runtime", "scored")
+
+    def __init__(self, runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]],
+                 request_id: str, now: datetime):
+        self.runtime, self.model, self.scored = runtime, model, scored
+        self.predictions, self.request_id, self.now = predictions, request_id, now
+
+    def __call__(self) -> list[dict[str, Any]]:
+        return log_rows(self.runtime, self.model, self.scored, self.predictions, self.request_id, self.now)
+
+    @staticmethod
+    def build_many(chunks: list[LogChunk]) -> list[dict[str, Any]]:
+        """Every chunk's rows, in order, the same as each chunk's own: the numpy-path chunks' columns are
+        joined and rendered once. Why: a request of one record costs ~45 us of fixed per-call work to
+        render alone, and a 0.2 s batch of 450 such requests held the GIL for 20 ms in one go, which was
+        serving's p99 with the log on."""
+        groups: dict[Any, list[int]] = {}
+        for i, c in enumerate(chunks):
+            arrays = c.scored.arrays
+            if arrays is None:
+                continue
+            key = (id(c.runtime.spec.spec), tuple((k, v.dtype.str) for k, v in arrays.items()))
+            groups.setdefault(key, []).append(i)
+        built: list[list[dict[str, Any]] | None] = [None] * len(chunks)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            group = [chunks[i] for i in members]
+            spec = group[0].runtime.spec.spec
+            names = list(group[0].scored.arrays or {})
+            joined = {k: np.concatenate([(c.scored.arrays or {})[k] for c in group]) for k in names}
+            inputs = raw_records_from_arrays(joined, spec)
+            entities = list(joined[spec.entity_key])
+            times = _naive_utc_micros(joined[spec.event_time]) if spec.event_time else [None] * len(entities)
+            at = 0
+            for i, c in zip(members, group, strict=True):
+                n = len(c.predictions)
+                built[i] = _rows(c.runtime, c.model, c.scored, c.predictions, c.request_id, c.now,
+                                 inputs[at:at + n], entities[at:at + n], times[at:at + n])
+                at += n
+        out: list[dict[str, Any]] = []
+        for i, c in enumerate(chunks):
+            rows = built[i]
+            out.extend(rows if rows is not None else c())
+        return out
 
 
 def _naive_utc_column(series: pd.Series) -> list[datetime | None]:
@@ -115,8 +172,6 @@ def _naive_utc_column(series: pd.Series) -> list[datetime | None]:
 
 def _naive_utc_micros(micros: Any) -> list[datetime | None]:
     """Epoch microseconds (``NAT_MICROS`` missing) -> naive UTC ``datetime``, as ``_naive_utc_column``."""
-    import numpy as np
-
     return np.asarray(micros, dtype=np.int64).view("datetime64[us]").astype(object).tolist()
 
 
