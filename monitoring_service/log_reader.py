@@ -59,23 +59,41 @@ def model_versions(engine: Engine, model_name: str) -> list[str]:
     return [str(v) for v, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
 
-def _rows(engine: Engine, model_name: str, version: str) -> Iterator[Any]:
+def _ordered(model_name: str, version: str, *cols: Any) -> Any:
+    t = predictions
+    return select(*cols).where(t.c.model_name == model_name, t.c.model_version == version) \
+        .order_by(t.c.created_at, t.c.prediction_id)
+
+
+def created_at_at(engine: Engine, model_name: str, version: str, position: int) -> datetime | None:
+    """``created_at`` of a version's prediction at ``position`` in reading order (None past the end)."""
+    with engine.connect() as conn:
+        value = conn.execute(_ordered(model_name, version, predictions.c.created_at)
+                             .offset(position).limit(1)).scalar()
+    return ft.naive_utc(value) if value is not None else None
+
+
+def _rows(engine: Engine, model_name: str, version: str, offset: int = 0) -> Iterator[Any]:
     t = predictions
     cols = (t.c.prediction_id, t.c.created_at, t.c.feature_version, t.c.record_id, t.c.entity_key, t.c.inputs,
             t.c.outputs)
-    q = select(*cols).where(t.c.model_name == model_name, t.c.model_version == version) \
-        .order_by(t.c.created_at, t.c.prediction_id)
+    q = _ordered(model_name, version, *cols)
+    if offset:
+        q = q.offset(offset)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(q)
         yield from result
 
 
 def windows(engine: Engine, model_name: str, version: str, *, rows: int | None, period: str | None,
-            include_partial: bool = False) -> Iterator[Window]:
-    """The windows of one model version's logged predictions, oldest first."""
+            include_partial: bool = False, skip_windows: int = 0) -> Iterator[Window]:
+    """The windows of one model version's logged predictions, oldest first; ``skip_windows`` (row
+    windows only) starts past that many complete windows without reading them."""
+    if skip_windows and rows is None:
+        raise ValueError("only row windows can be skipped by count")
     buf: list[Any] = []
     key: Any = None
-    index = 0
+    index = skip_windows
 
     def emit(complete: bool) -> Window:
         if rows is not None:
@@ -85,7 +103,7 @@ def windows(engine: Engine, model_name: str, version: str, *, rows: int | None, 
         return Window(model_name, version, "rows" if rows is not None else "period", buf[0][1], buf[-1][1], label,
                       complete, list(buf))
 
-    for row in _rows(engine, model_name, version):
+    for row in _rows(engine, model_name, version, offset=skip_windows * (rows or 0)):
         if period is not None:
             k = pd.Timestamp(row[1]).floor(period)
             if key is not None and k != key and buf:
@@ -161,4 +179,5 @@ def model_inputs(engine: Engine, spec: DatasetSpec, window: Window, events: Vers
     return out.iloc[np.argsort(positions, kind="stable")].reset_index(drop=True)
 
 
-__all__ = ["VersionEvents", "Window", "model_inputs", "model_versions", "scores_and_predictions", "windows"]
+__all__ = ["VersionEvents", "Window", "created_at_at", "model_inputs", "model_versions", "scores_and_predictions",
+           "windows"]

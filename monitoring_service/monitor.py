@@ -241,8 +241,9 @@ def run_pass(engine: Engine, spec: DatasetSpec, client: Any, *, out_dir: Path | 
                     _ensure_files(engine, out_dir / name / str(ref.version), rid, ref)
                 return False
 
+            skip = 0 if recompute else _reported_prefix(engine, spec, ref, done, label_version, out_dir, result)
             pending = (w for w in lr.windows(engine, name, version, rows=m.window_rows, period=m.window_period,
-                                             include_partial=include_partial) if todo(w))
+                                             include_partial=include_partial, skip_windows=skip) if todo(w))
             blocks = _blocks(pending, block_rows)
             head = list(itertools.islice(blocks, 2))  # a pool (seconds to start) only for two blocks or more
             blocks = itertools.chain(head, blocks)
@@ -259,6 +260,33 @@ def run_pass(engine: Engine, spec: DatasetSpec, client: Any, *, out_dir: Path | 
             pool.shutdown(cancel_futures=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _reported_prefix(engine: Engine, spec: DatasetSpec, ref: Reference, done: dict[mt.WindowKey, dict[Any, str]],
+                     label_version: int | None, out_dir: Path | None, result: PassResult) -> int:
+    """How many leading row windows of the version are reported with the current labels, so the pass can
+    start past them without reading their rows (passes report windows in log order, so they are a prefix).
+
+    Checked against the log before it is trusted: its first prediction must be the first window's
+    start and the prediction at the prefix's last position the last window's end; otherwise (windows
+    shifted by a late row, a report of another window size) 0, and the pass reads everything."""
+    size = spec.monitoring.window_rows
+    if not size:
+        return 0
+    mine = sorted((k for k, ids in done.items() if k[0] == "rows" and k[3] == size and label_version in ids),
+                  key=lambda k: (k[1], k[2]))
+    if not mine:
+        return 0
+    name, version = spec.model.name, ref.version
+    if lr.created_at_at(engine, name, version, 0) != mine[0][1] or \
+            lr.created_at_at(engine, name, version, len(mine) * size - 1) != mine[-1][2]:
+        log.info("%s v%s: the reported windows are not a prefix of the log; reading all of it", name, version)
+        return 0
+    result.unchanged += len(mine)
+    if out_dir is not None:
+        for key in mine:
+            _ensure_files(engine, out_dir / name / str(version), done[key][label_version], ref)
+    return len(mine)
 
 
 def _pool(engine: Engine, spec: DatasetSpec, jobs: int) -> Any:

@@ -54,7 +54,7 @@ from sqlalchemy.engine import Connection, Engine
 from shared.spec import ColumnType, DatasetSpec
 
 # Every revision of the store schema this code knows, oldest first (the migration chain).
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005")
 SCHEMA_HEAD = KNOWN_REVISIONS[-1]
 FEATURE_TABLES_REVISION = "0001"  # the feature tables have not changed since this revision
 VERSION_TABLE = "fti_alembic_version"

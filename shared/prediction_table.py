@@ -64,7 +64,7 @@ predictions = Table(
     Column("inputs", Text, nullable=False),
     Column("outputs", Text, nullable=False),
     PrimaryKeyConstraint("prediction_id", name="pk_fti_predictions"),
-    Index("ix_fti_predictions_model", "model_name", "model_version"),
+    Index("ix_fti_predictions_model_time", "model_name", "model_version", "created_at", "prediction_id"),
     Index("ix_fti_predictions_created_at", "created_at"),
 )
 

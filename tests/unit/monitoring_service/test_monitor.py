@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,30 @@ def test_a_window_is_computed_again_when_its_labels_may_have_changed(served: dic
                 conn.execute(update(t).where(t.c.report_id == rid).values(performance=performance))
     assert again.unchanged == 0 and again.new == 0
     assert [r["report_id"] for r in again.reports] == [r["report_id"] for r in result.reports]
+
+
+def test_the_pass_starts_past_the_reported_prefix_only_when_the_log_agrees(served: dict[str, Any], first: Any) -> None:
+    """A stored window end that no longer matches the log (as after a late row): the pass reads the whole
+    log again and recomputes just that window (its report comes out the same: no new row)."""
+    from sqlalchemy import update
+
+    from shared import monitor_table as mt
+
+    result, _ = first
+    engine = served["engine"]
+    t = mt.drift_reports
+    last = result.reports[-1]["report_id"]
+    with engine.begin() as conn:
+        end = conn.execute(t.select().where(t.c.report_id == last)).first().window_end
+        conn.execute(update(t).where(t.c.report_id == last).values(window_end=end - timedelta(seconds=1)))
+    try:
+        with mlflow_uris_restored():
+            again = _pass(served, None)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(update(t).where(t.c.report_id == last).values(window_end=end))
+    assert again.unchanged == len(result.reports) - 1 and again.new == 0
+    assert [r["report_id"] for r in again.reports] == [last]
 
 
 def test_blocks_and_worker_processes_give_the_same_reports(served: dict[str, Any], first: Any) -> None:

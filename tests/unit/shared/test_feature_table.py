@@ -248,13 +248,14 @@ def test_a_store_at_0001_still_serves_feature_readers(engine: Engine) -> None:
                        "migrate`"):
         ft.check_schema(engine, minimum="0002")
     ft.upgrade(engine)  # 0001 -> head keeps the feature tables and adds the log and the batch tables
-    assert ft.schema_revision(engine) == ft.SCHEMA_HEAD == "0004"
-    assert ft.check_schema(engine, minimum="0002") == "0004"
+    assert ft.schema_revision(engine) == ft.SCHEMA_HEAD == "0005"
+    assert ft.check_schema(engine, minimum="0002") == "0005"
     cols = {c["name"] for c in inspect(engine).get_columns("fti_predictions")}
     assert {"prediction_id", "request_id", "model_name", "model_version", "feature_version", "inputs",
             "outputs"} <= cols
     indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("fti_predictions")}
-    assert indexes["ix_fti_predictions_model"] == ["model_name", "model_version"]
+    assert indexes["ix_fti_predictions_model_time"] == ["model_name", "model_version", "created_at", "prediction_id"]
+    assert "ix_fti_predictions_model" not in indexes  # 0005: replaced by the one above, its prefix
     assert indexes["ix_fti_predictions_created_at"] == ["created_at"]
 
 
