@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_pipeline.featureset import build, rows_frame
 from shared import rowwise
-from shared.featureset import build, rows_frame
 from shared.source import extract
 from shared.spec import load_spec
 

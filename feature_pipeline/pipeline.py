@@ -1,6 +1,6 @@
 """``fti features run``: source -> validate -> as-of cutoff -> features -> one new version.
 
-The build itself (everything before the write) is :func:`shared.featureset.build`,
+The build itself (everything before the write) is :func:`feature_pipeline.featureset.build`,
 shared with ``fti reproduce``, which rebuilds recorded versions without publishing.
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import pandas as pd
 
+from feature_pipeline import featureset
 from feature_pipeline.config import Settings
 from feature_pipeline.extract import extract
+from feature_pipeline.featureset import StrictSchemaError, parse_as_of
 from feature_pipeline.load import Published, publish
 from shared import feature_table as ft
-from shared import featureset
 from shared.db import make_engine
-from shared.featureset import StrictSchemaError, parse_as_of
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)

@@ -93,9 +93,9 @@ def cmd_spec_check(args: argparse.Namespace) -> int:
     """Everything ``fti features run`` checks, and what ``fti train`` would need, without writing."""
     import pandas as pd
 
+    from feature_pipeline.featureset import rows_frame
     from feature_pipeline.pipeline import build, parse_as_of
     from shared.exit_codes import ExitCode
-    from shared.featureset import rows_frame
     from shared.labels import check_binary
     from training_pipeline.data import labels
 
@@ -277,9 +277,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from fti.reproduce import reproduce
     from shared import model_ref
     from training_pipeline.config import Settings
-    from training_pipeline.reproduce import reproduce
 
     model_ref.parse(args.model)  # a malformed MODEL is a usage error (2), before any store is opened
     report = reproduce(args.model, Settings(), spec_path=args.spec, register=args.register)

@@ -2,7 +2,7 @@
 
 Values are read as text from CSV (the spec, not pandas, decides types) and as
 stored from Parquet and SQL. The as-of cutoff is applied after normalisation,
-when timestamps are typed (see :mod:`shared.featureset`).
+when timestamps are typed (see :mod:`feature_pipeline.featureset`).
 
 This lives in ``shared`` (not in the feature pipeline) because two services read
 sources: the feature job publishes what it reads, and ``fti reproduce`` (training

@@ -1,7 +1,7 @@
 """``fti train``: feature version -> fitted pipeline -> MLflow run, registered version, gate.
 
 :func:`fit_evaluate` (seed, fit, evaluate) and :func:`log_and_register` are shared with
-``fti reproduce`` (:mod:`training_pipeline.reproduce`), which retrains a registered version.
+``fti reproduce`` (:mod:`fti.reproduce`), which retrains a registered version.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def test_a_source_row_edited_in_place_is_named(trained: Trained) -> None:
 
 
 def test_unreproducible_requests_fail_with_exit_3(trained: Trained, client: Any) -> None:
-    from training_pipeline.reproduce import ReproduceError, _model_version
+    from fti.reproduce import ReproduceError, _model_version
 
     # Unknown versions and models: in-process (a CLI start-up costs ~10 s; the exit-3 mapping of
     # ReproduceError is exercised through the CLI below).

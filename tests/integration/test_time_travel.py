@@ -46,7 +46,7 @@ def _features_run(spec: Path, env: dict[str, str], *extra: str) -> dict[str, str
 
 def _rebuild(spec: Path, as_of: pd.Timestamp) -> Any:
     """The pure build (what `fti reproduce` runs), in-process: nothing is published."""
-    from shared import featureset
+    from feature_pipeline import featureset
     from shared.source import extract
     from shared.spec import load_spec
 
@@ -55,7 +55,7 @@ def _rebuild(spec: Path, as_of: pd.Timestamp) -> Any:
 
 
 def _rows_by_id(built: Any) -> dict[str, tuple[str, str, str]]:
-    from training_pipeline.reproduce import rows_by_id
+    from fti.reproduce import rows_by_id
 
     return rows_by_id(built.rows)
 
@@ -141,7 +141,7 @@ def test_as_of_rebuild_of_a_grown_append_only_source_is_unchanged(
 
 
 def test_rewriting_history_in_place_is_detected(source: tuple[Path, Path, pd.DataFrame, pd.Timestamp]) -> None:
-    from training_pipeline.reproduce import diff_rows
+    from fti.reproduce import diff_rows
 
     spec, csv, frame, cutoff = source
     before = _rebuild(spec, cutoff)
@@ -164,7 +164,7 @@ def test_rewriting_history_in_place_is_detected(source: tuple[Path, Path, pd.Dat
 
 def test_without_ingestion_time_late_arrivals_change_the_as_of_rebuild(
         source: tuple[Path, Path, pd.DataFrame, pd.Timestamp]) -> None:
-    from training_pipeline.reproduce import diff_rows
+    from fti.reproduce import diff_rows
 
     spec_path, csv, frame, cutoff = source
     data = yaml.safe_load(spec_path.read_text())

@@ -17,7 +17,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import featureset
+from feature_pipeline import featureset
 from shared.features import compute_online
 from shared.source import Extracted
 from shared.spec import load_spec

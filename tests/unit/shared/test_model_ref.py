@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from fti.cli import main
+from fti.reproduce import ReproduceError, parse_ref
 from inference_service.batch import BatchError, parse_model_ref
 from shared.model_ref import ModelRef, ModelRefError, parse
-from training_pipeline.reproduce import ReproduceError, parse_ref
 
 OK = [
     ("claims-fraud/3", ModelRef("claims-fraud", version="3")),

@@ -8,6 +8,11 @@ Nothing here writes: the feature job publishes the result as a new version
 (``fti features run``), and ``fti reproduce`` rebuilds a recorded version from
 its source as of the recorded cutoff and compares checksums. Both call
 :func:`build`, so "the same source as of T" means the same thing in both.
+
+It belongs to the feature pipeline, not ``shared``: only the feature job builds feature
+versions. ``fti reproduce`` (:mod:`fti.reproduce`, in the layer that may import several
+services) calls it from there. ``shared`` keeps what every stage must run identically:
+normalisation, the transformers, and the feature table's contract.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """``fti reproduce NAME/VERSION``: retrain a registered model from its recorded lineage and compare.
 
+It lives in ``fti``, the one layer allowed to import several services, because it spans two stages:
+it rebuilds the feature version with the feature pipeline's code (:mod:`feature_pipeline.featureset`)
+and retrains with the training pipeline's (:mod:`training_pipeline.pipeline`).
+
 What is read (all written by ``fti train``):
 
 * the model version's tags -- ``fti.dataset``, ``fti.feature_version``, ``fti.feature_checksum``,
@@ -16,7 +20,7 @@ What is done:
    hyperparameter, feature...). The two are diffed field by field (dotted paths).
 2. **Features**: the recorded feature version is looked up in the feature store and its checksum
    recomputed from the stored rows; independently the source is re-read and the feature set rebuilt
-   as of the recorded cutoff (:func:`shared.featureset.build`, nothing is published) and compared
+   as of the recorded cutoff (:func:`feature_pipeline.featureset.build`, nothing is published) and compared
    with the recorded checksum, row by row when the stored version exists. "Source changed" (sha256)
    and "features differ" (checksum) are reported separately: an append-only source that grew after
    the cutoff changes its sha256 but not the as-of rebuild.
@@ -48,8 +52,9 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import and_, select
 
+from feature_pipeline import featureset
 from shared import feature_table as ft
-from shared import featureset, fingerprint, model_ref, rowwise
+from shared import fingerprint, model_ref, rowwise
 from shared.certificate import CERTIFICATE_FILE
 from shared.db import make_engine
 from shared.model_file import ModelFileRefused, load_model_dir
@@ -255,7 +260,7 @@ def _stored_rows(engine: Any, dataset: str, version: int) -> dict[str, tuple[str
 
 
 def rows_by_id(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
-    """Built rows (:class:`shared.featureset.Built`) -> record id -> (entity key, event time, payload)."""
+    """Built rows (:class:`feature_pipeline.featureset.Built`) -> record id -> (entity key, event time, payload)."""
     return {r["record_id"]: (r["entity_key"], ft.iso_utc(r["event_time"]) if r["event_time"] is not None else "",
                              r["payload"]) for r in rows}
 

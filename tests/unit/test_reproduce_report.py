@@ -8,9 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.spec import DatasetSpec, load_spec
-from tests.helpers import CLAIMS_SPEC
-from training_pipeline.reproduce import (
+from fti.reproduce import (
     ReproduceError,
     compare_predictions,
     describe_change,
@@ -20,6 +18,8 @@ from training_pipeline.reproduce import (
     parse_ref,
     spec_changes,
 )
+from shared.spec import DatasetSpec, load_spec
+from tests.helpers import CLAIMS_SPEC
 
 
 @pytest.fixture(scope="module")
