@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_pipeline.extract import extract
 from feature_pipeline.featureset import build, rows_frame
 from shared import rowwise
-from shared.source import extract
 from shared.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """The pure feature build: source rows -> validated, as-of, de-duplicated feature rows + checksum.
 
-extract (:mod:`shared.source`) -> normalise (:mod:`shared.raw`) -> as-of cutoff ->
+extract (:mod:`feature_pipeline.extract`) -> normalise (:mod:`shared.raw`) -> as-of cutoff ->
 one row per record id (latest edit known at the cutoff) -> features
 (:func:`shared.features.compute_batch`) -> canonical payloads -> checksum.
 
@@ -25,11 +25,11 @@ from typing import Any
 
 import pandas as pd
 
+from feature_pipeline.extract import Extracted
 from shared import feature_table as ft
 from shared.features import compute_batch
 from shared.provenance import code_commit, shared_version
 from shared.raw import Problems, RawDataError, check_unique, normalize_frame
-from shared.source import Extracted
 from shared.spec import DatasetSpec, LoadedSpec
 
 log = logging.getLogger(__name__)

@@ -53,6 +53,7 @@ import pandas as pd
 from sqlalchemy import and_, select
 
 from feature_pipeline import featureset
+from feature_pipeline.extract import Extracted, SourceError, extract, file_location
 from shared import feature_table as ft
 from shared import fingerprint, model_ref, rowwise
 from shared.certificate import CERTIFICATE_FILE
@@ -62,7 +63,6 @@ from shared.model_ref import ModelRefError
 from shared.provenance import code_commit
 from shared.raw import RawDataError
 from shared.registry_contract import ENV_TAG_PREFIX, Artifact, Tag
-from shared.source import Extracted, SourceError, extract, file_location
 from shared.spec import DatasetSpec, LoadedSpec, SpecError, load_spec
 from training_pipeline import register as reg
 from training_pipeline.config import Settings

@@ -47,7 +47,7 @@ def _features_run(spec: Path, env: dict[str, str], *extra: str) -> dict[str, str
 def _rebuild(spec: Path, as_of: pd.Timestamp) -> Any:
     """The pure build (what `fti reproduce` runs), in-process: nothing is published."""
     from feature_pipeline import featureset
-    from shared.source import extract
+    from feature_pipeline.extract import extract
     from shared.spec import load_spec
 
     loaded = load_spec(spec)

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feature_pipeline import featureset
+from feature_pipeline.extract import Extracted
 from shared.features import compute_online
-from shared.source import Extracted
 from shared.spec import load_spec
 from shared.transformers import PointInTimeHistory
 from tests.unit.shared.test_history import (
