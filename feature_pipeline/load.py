@@ -33,6 +33,25 @@ def _lock_key(dataset: str) -> int:
     return int.from_bytes(hashlib.sha256(f"fti-features:{dataset}".encode()).digest()[:8], "big", signed=True)
 
 
+_COPY_COLUMNS = ("dataset", "version", "record_id", "entity_key", "event_time", "payload")
+
+
+def _copy_rows(conn: Any, dataset: str, version: int, rows: list[dict[str, Any]]) -> None:
+    """The rows through PostgreSQL's ``COPY ... FROM STDIN``, in the publishing transaction.
+
+    Why: the same frame took 4.6k rows/s through batched ``INSERT``s and 13.6k through ``COPY``
+    (issue 14's measurements). psycopg formats each value with the same dumpers it uses for bound
+    parameters, so the stored rows are those the inserts stored (the checksum is verified on read:
+    ``fti features show --verify`` and the integration tests on PostgreSQL)."""
+    table = ft.feature_rows.name
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+        for i, r in enumerate(rows, 1):
+            copy.write_row((dataset, version, r["record_id"], r["entity_key"], r["event_time"], r["payload"]))
+            if i % 50_000 == 0 or i == len(rows):
+                log.info("writing version %s: %d/%d rows (COPY)", version, i, len(rows))
+
+
 def publish(engine: Engine, manifest: dict[str, Any], rows: list[dict[str, Any]]) -> Published:
     dataset = manifest["dataset"]
     with engine.connect() as raw_conn:
@@ -51,9 +70,12 @@ def publish(engine: Engine, manifest: dict[str, Any], rows: list[dict[str, Any]]
             version = (latest or 0) + 1
             record = {**manifest, "version": version}
             conn.execute(insert(v).values(**record))
-            for start in range(0, len(rows), _BATCH):
-                chunk = [{**r, "dataset": dataset, "version": version} for r in rows[start:start + _BATCH]]
-                conn.execute(insert(ft.feature_rows), chunk)
-                log.info("writing version %s: %d/%d rows", version, min(start + _BATCH, len(rows)), len(rows))
+            if conn.dialect.name == "postgresql":
+                _copy_rows(conn, dataset, version, rows)
+            else:
+                for start in range(0, len(rows), _BATCH):
+                    chunk = [{**r, "dataset": dataset, "version": version} for r in rows[start:start + _BATCH]]
+                    conn.execute(insert(ft.feature_rows), chunk)
+                    log.info("writing version %s: %d/%d rows", version, min(start + _BATCH, len(rows)), len(rows))
         info = ft.VersionInfo(**{k: record[k] for k in ft.VersionInfo.__dataclass_fields__})
     return Published(info, created=True)

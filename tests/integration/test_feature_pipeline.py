@@ -202,6 +202,8 @@ def test_manifest_matches_stored_rows(store_url: str, spec: Path, tmp_path: Path
     res = _cli(["features", "run", "--spec", str(spec)], env)
     assert res.returncode == 0, _explain(res)
     assert _run_line(res.stdout) == (1, "created")
+    # PostgreSQL: the rows went through COPY (and are verified below as the inserts' rows are on SQLite)
+    assert ("rows (COPY)" in res.stderr) == store_url.startswith("postgresql"), res.stderr[-2000:]
 
     res = _cli(["features", "show", "--spec", str(spec), "--verify"], env)
     assert res.returncode == 0, _explain(res)
