@@ -78,3 +78,27 @@ def test_serving_benchmark_smoke_run(tmp_path):
     report = out_md.read_text()
     assert "| Metric | fti | mlflow models serve | fti / mlflow | Target | Met? |" in report
     assert "## Machine" in report and "## How to reproduce" in report
+
+
+@pytest.mark.timeout(600)
+def test_monitoring_benchmark_smoke_run(tmp_path):
+    """``bench/monitoring.py --smoke``: a log filled over HTTP, one ``fti monitor run`` (its worker
+    processes' memory summed), ``/predict`` rounds with the log off, on, and on beside ``fti monitor serve``.
+    Checks every number was measured and no request failed; asserts no timing and no target."""
+    out_json = tmp_path / "monitoring.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
+    res = subprocess.run([sys.executable, "-m", "bench.monitoring", "--smoke", "--workdir", str(tmp_path / "work"),
+                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
+    results = json.loads(out_json.read_text())
+    assert results["mode"] == "smoke"
+    assert results["fill"]["rows"] == results["rows"]
+    mon = results["monitor"]
+    assert mon["rows"] == results["rows"] and mon["windows"] > 0 and mon["new_reports"] == mon["windows"], mon
+    assert mon["seconds"] > 0 and mon["peak_rss_mib"] >= mon["parent_peak_rss_mib"] > 0, mon
+    modes = [r["mode"] for r in results["runs"]]
+    assert sorted(modes) == ["log", "off", "on"], modes
+    for r in results["runs"]:
+        assert r["requests"] > 0 and r["non_2xx"] == 0 and r["latency_ms"]["p99"] > 0, r
+    serving = results["serving"]
+    assert serving["p99_off_ms"] > 0 and serving["p99_log_ms"] > 0 and serving["p99_on_ms"] > 0, serving
