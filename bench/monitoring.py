@@ -121,26 +121,15 @@ def logged_rows(data_dir: Path) -> int:
 def _tree_rss_kib(root: int) -> int:
     """The summed VmRSS of ``root`` and its descendants (pages shared between them counted in each: an upper
     bound of what the pass holds)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    from bench.servers import _kb, process_tree
+
+    total = 0
+    for pid in process_tree(root):
         try:
-            with open(f"/proc/{d}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            total += _kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS:")
         except OSError:
             continue
-        parents[int(d)] = int(fields.get("PPid", "0").strip() or 0)
-        rss[int(d)] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
-    tree, frontier = {root}, [root]
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    return sum(rss.get(p, 0) for p in tree)
+    return total
 
 
 class TreeRss:

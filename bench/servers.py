@@ -132,32 +132,7 @@ class ServerProcess:
 
     def pids(self) -> list[int]:
         """The server's whole process tree: its process group plus any descendant."""
-        if self.proc is None:
-            return []
-        root = self.proc.pid
-        parents: dict[int, int] = {}
-        groups: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            pid = int(entry)
-            parents[pid] = int(fields[1])
-            groups[pid] = int(fields[2])
-        tree = {root} if root in parents else set()
-        changed = True
-        while changed:
-            changed = False
-            for pid, ppid in parents.items():
-                if ppid in tree and pid not in tree:
-                    tree.add(pid)
-                    changed = True
-        tree |= {pid for pid, pgid in groups.items() if pgid == root}
-        return sorted(tree)
+        return process_tree(self.proc.pid) if self.proc is not None else []
 
     def cpu_seconds(self) -> float:
         """user + system CPU time consumed so far by the live members of the process tree."""
@@ -243,6 +218,33 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+def process_tree(root: int) -> list[int]:
+    """``root``, its descendants, and the members of the process group it leads (from ``/proc``)."""
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        groups[pid] = int(fields[2])
+    tree = {root} if root in parents else set()
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                changed = True
+    tree |= {pid for pid, pgid in groups.items() if pgid == root}
+    return sorted(tree)
 
 
 def _kb(text: str, key: str) -> int:
