@@ -11,7 +11,8 @@
    windows of the spec's ``window_rows``, 1,000 for the demo): wall time and the peak summed RSS of the
    process and its worker processes (sampled from ``/proc``).
 4. **Serving with and without**: single-record ``/predict`` at c=8 with ``wrk``, in interleaved rounds:
-   *off* = ``FTI_PREDICTION_LOG=false`` and no monitor; *log* = the log on, no monitor; *on* = the log on
+   *off* = ``FTI_PREDICTION_LOG=false`` and no monitor; *thread* = the log written from a thread of the server
+   (``FTI_PREDICTION_LOG_PROCESS=false``); *log* = the log on (its writer process), no monitor; *on* = the log on
    and ``fti monitor serve`` beside the server (what compose runs; its default priority: niceness 10 and
    ``SCHED_IDLE``), a pass every second over the growing log. p99 medians and ratios.
 
@@ -47,7 +48,9 @@ from bench.serving import (
     target_configs,
 )
 
-MODES = ("off", "log", "on")  # log off / the log on / the log on and `fti monitor serve` beside the server
+# log off / the log written from a thread of the server (FTI_PREDICTION_LOG_PROCESS=false) / the log on (its
+# writer process: the default) / the log on and `fti monitor serve` beside the server
+MODES = ("off", "thread", "log", "on")
 MARK_BEGIN, MARK_END = "<!-- monitoring-bench:begin -->", "<!-- monitoring-bench:end -->"
 
 
@@ -169,7 +172,7 @@ def monitor_pass(spec_path: Path, env: dict[str, str], out: Path, log_path: Path
         raise RuntimeError(f"fti monitor run failed ({status}); see {log_path}")
     summary = json.loads(stdout)
     reports = summary["reports"]
-    from monitoring_service.cpu_priority import usable_cpus
+    from shared.cpu_priority import usable_cpus
 
     return {"seconds": round(seconds, 2), "peak_rss_mib": round(max(tree.peak_kib, usage.ru_maxrss) / 1024, 1),
             "parent_peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
@@ -221,7 +224,8 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
     runs = []
     for r in range(rounds):
         for mode in (MODES if r % 2 == 0 else MODES[::-1]):
-            e = dict(env, FTI_PREDICTION_LOG="false" if mode == "off" else "true", FTI_RELOAD_INTERVAL_SECONDS="0")
+            e = dict(env, FTI_PREDICTION_LOG="false" if mode == "off" else "true", FTI_RELOAD_INTERVAL_SECONDS="0",
+                     FTI_PREDICTION_LOG_PROCESS="false" if mode == "thread" else "true")
             config = target_configs(spec_path, model, e, stand_in=False)["fti"]
             server = ServerProcess(config, work / "logs" / f"serve-{mode}-{r}.log")
             server.start()
@@ -242,13 +246,29 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
                 finally:
                     if loop is not None:
                         loop.__exit__(None, None, None)
-                res.update(round=r, mode=mode, load_avg_1m=[load0, os.getloadavg()[0]], monitor_passes=passes)
-                log(f"round {r + 1} {mode:<3} {res['req_per_s']:8.1f} req/s  p50 {res['latency_ms']['p50']:6.2f} ms  "
-                    f"p99 {res['latency_ms']['p99']:6.2f} ms  non-2xx {res['non_2xx']}")
+                res.update(round=r, mode=mode, load_avg_1m=[load0, os.getloadavg()[0]], monitor_passes=passes,
+                           prediction_log=log_drained(server.url) if mode != "off" else None)
+                log(f"round {r + 1} {mode:<6} {res['req_per_s']:8.1f} req/s  p50 {res['latency_ms']['p50']:6.2f} ms  "
+                    f"p99 {res['latency_ms']['p99']:6.2f} ms  non-2xx {res['non_2xx']}  log {res['prediction_log']}")
                 runs.append(res)
             finally:
                 server.stop()
     return runs
+
+
+def log_drained(url: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The server's prediction-log counters once every accepted row is written (or ``timeout``): a mode that
+    kept p99 low by dropping or deferring rows would show here."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = httpx.get(f"{url}/health/ready", timeout=10).json()["prediction_log"]
+        if stats["pending"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return {k: stats.get(k) for k in ("mode", "submitted", "written", "dropped", "failed", "pending",
+                                      "writer_cpu_seconds")}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -265,10 +285,17 @@ def markdown(result: dict[str, Any]) -> str:
              f"| ... windows reported (the spec's `window_rows` each) / with drift | {m['windows']} / {m['drifted_windows']} | |",
              f"| ... rows processed | {m['rows']:,} | |",
              f"| `/predict` one record, c=8, p99 median: log off, no monitor | {s['p99_off_ms']:.2f} ms | |",
-             f"| ... log on, no monitor | {s['p99_log_ms']:.2f} ms (x{s['p99_log_ratio']:.3f}) | |",
+             f"| ... log written from a thread of the server (`FTI_PREDICTION_LOG_PROCESS=false`) "
+             f"| {s['p99_thread_ms']:.2f} ms (x{s['p99_thread_ratio']:.3f}) | |",
+             f"| ... log on (its writer process, the default), no monitor | {s['p99_log_ms']:.2f} ms "
+             f"(x{s['p99_log_ratio']:.3f}) | |",
              f"| ... log on and `fti monitor serve` (a pass every second) | {s['p99_on_ms']:.2f} ms | |",
              f"| ... ratio on / off | {s['p99_ratio']:.3f} | <= 1.05 |",
              f"| ... throughput on / off | {s['rps_ratio']:.3f} | |",
+             f"| ... throughput: thread / off, log / off | {s['rps_thread'] / s['rps_off']:.3f}, "
+             f"{s['rps_log'] / s['rps_off']:.3f} | |",
+             f"| ... rows logged in the measured rounds / dropped / failed / not written | {s['log_written']:,} / "
+             f"{s['log_dropped']} / {s['log_failed']} / {s['log_pending']} | 0 lost |",
              f"| ... monitor passes during the measured rounds (median) | {s['monitor_passes']} | |", "",
              "Serving and the monitor share the machine's 2 cores here (and with `wrk`); in compose the "
              "monitor is its own container, which a real deployment places on other cores or hosts.",
@@ -323,10 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         vals = [r["latency_ms"]["p99"] if key == "p99" else r["req_per_s"] for r in runs if r["mode"] == mode]
         return float(statistics.median(vals))
 
-    serving = {"p99_off_ms": med("off", "p99"), "p99_log_ms": med("log", "p99"), "p99_on_ms": med("on", "p99"),
-               "rps_off": med("off", "rps"), "rps_log": med("log", "rps"), "rps_on": med("on", "rps"),
+    logged = [r["prediction_log"] for r in runs if r["prediction_log"]]
+    serving = {"p99_off_ms": med("off", "p99"), "p99_thread_ms": med("thread", "p99"), "p99_log_ms": med("log", "p99"),
+               "p99_on_ms": med("on", "p99"), "rps_off": med("off", "rps"), "rps_thread": med("thread", "rps"),
+               "rps_log": med("log", "rps"), "rps_on": med("on", "rps"),
+               **{f"log_{k}": sum(int(x[k] or 0) for x in logged) for k in ("written", "dropped", "failed", "pending")},
                "monitor_passes": statistics.median([r["monitor_passes"] for r in runs if r["mode"] == "on"])}
     serving["p99_log_ratio"] = serving["p99_log_ms"] / serving["p99_off_ms"]
+    serving["p99_thread_ratio"] = serving["p99_thread_ms"] / serving["p99_off_ms"]
     serving["p99_ratio"] = serving["p99_on_ms"] / serving["p99_off_ms"]
     serving["rps_ratio"] = serving["rps_on"] / serving["rps_off"]
     result = {"started_at": started, "mode": "smoke" if args.smoke else "full", "rows": args.rows,

@@ -373,7 +373,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_monitor_run(args: argparse.Namespace) -> int:
     from fti.retrain import cycle
     from monitoring_service.config import Settings
-    from monitoring_service.cpu_priority import lower_cpu_priority
+    from shared.cpu_priority import lower_cpu_priority
 
     loaded = _spec(args.spec)
     settings = Settings(**({"monitor_jobs": args.jobs} if args.jobs is not None else {}))
@@ -412,7 +412,7 @@ def cmd_monitor_serve(args: argparse.Namespace) -> int:
 
     from monitoring_service.app import create_app
     from monitoring_service.config import Settings
-    from monitoring_service.cpu_priority import lower_cpu_priority
+    from shared.cpu_priority import lower_cpu_priority
 
     settings = Settings()
     loaded = _spec(args.spec)

@@ -25,9 +25,10 @@ from inference_service.config import Settings
 from inference_service.cpu_slot import CpuSlot
 from inference_service.guard import Guard
 from inference_service.invocations import Signature
+from inference_service.log_process import ProcessLogWriter
 from inference_service.model_loader import MlflowLoader
 from inference_service.observability import Observability, ObserveRequests
-from inference_service.prediction_log import PredictionLogWriter
+from inference_service.prediction_log import PredictionLog, PredictionLogWriter
 from inference_service.routes import health, metrics, mlflow_compat, predictions
 from inference_service.routes.predict import PredictLane, build_router
 from inference_service.runtime import Runtime
@@ -62,12 +63,23 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
             os.environ.setdefault(var, value)
         engine = make_engine(settings.feature_store_url, must_exist=True)
         cpu_slot = CpuSlot(settings.cpu_slots)
-        writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
-                                     flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot).start() \
-            if settings.prediction_log else None
+        writer: PredictionLog | None = None
+        if settings.prediction_log and settings.prediction_log_process:
+            writer = ProcessLogWriter(engine, spec, max_queue=settings.prediction_log_queue,
+                                      flush_interval=settings.prediction_log_flush_seconds,
+                                      nice=settings.prediction_log_nice, sched_idle=settings.prediction_log_sched_idle,
+                                      fallback_factory=lambda: PredictionLogWriter(
+                                          engine, max_queue=settings.prediction_log_queue,
+                                          flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot,
+                                          spec=spec))
+        elif settings.prediction_log:
+            writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
+                                         flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot,
+                                         spec=spec)
         store_guard = StoreGuard(engine, spec.name)
         if writer is not None:
             writer.store_check = store_guard.file_problem
+            writer.start()
         runtime = Runtime(settings=settings, spec=loaded, engine=engine, store_guard=store_guard,
                           loader=loader or MlflowLoader(settings.tracking_uri, settings.registry_uri,
                                                         settings.cache_dir,

@@ -120,6 +120,15 @@ def decode(raw: bytes, max_records: int | None = None) -> Any:
         raise BodyError(f"malformed JSON: {msg}{pos}") from None
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=bounded_int, object_pairs_hook=_no_duplicates)
+
+
+def decode_accepted(raw: bytes) -> Any:
+    """A body :func:`decode` already accepted, decoded again to the same value without its guards (the
+    nesting walk alone cost the prediction log's writer 25 us a request): the prediction log's rows."""
+    return _DECODER.decode(raw.decode("utf-8"))
+
+
 async def read_limited(scope: dict[str, Any], receive: Any, max_bytes: int) -> tuple[str | None, bytes | None, bool]:
     """An ASGI request's content type and body, read up to ``max_bytes``.
 

@@ -95,6 +95,16 @@ class Settings(MlflowSettings):
     prediction_log_queue: int = Field(default=50_000, ge=1, le=10_000_000, description="rows the log may "
                                       "hold in memory before requests block briefly, then rows are dropped "
                                       "(counted and logged as errors)")
+    prediction_log_process: bool = Field(default=True, description="FTI_PREDICTION_LOG_PROCESS: build and write "
+                                         "the log's rows in a process of its own at a lower CPU priority (in a "
+                                         "thread of the server they cost /predict's p99: docs/monitoring.md); "
+                                         "false, or if that process cannot start or dies: a thread of the server")
+    prediction_log_nice: int = Field(default=10, ge=0, le=19, description="FTI_PREDICTION_LOG_NICE: the niceness "
+                                     "added to the log's writer process")
+    prediction_log_sched_idle: bool = Field(default=True, description="FTI_PREDICTION_LOG_SCHED_IDLE: the log's "
+                                            "writer process runs under Linux's SCHED_IDLE policy, getting a CPU "
+                                            "only when serving does not want it (a backlog past "
+                                            "FTI_PREDICTION_LOG_QUEUE rows makes requests wait, then drop rows)")
     prediction_log_flush_seconds: float = Field(default=0.02, gt=0, le=60, description="a batch of the log is "
                                                 "written when it has 500 rows or this long after its first row; "
                                                 "short, so that each batch holds the interpreter briefly (0.2 s "

@@ -1,7 +1,12 @@
 """The prediction log writer: off the request path, batched, flushed on shutdown.
 
-The ``/predict`` route hands over one *chunk* per request -- the number of rows
-and a function that builds them -- with :meth:`PredictionLogWriter.submit_lazy`:
+By default this writer runs in a process of its own beside the server
+(:mod:`inference_service.log_process`, ``FTI_PREDICTION_LOG_PROCESS``), which feeds it
+the frames the request path handed over; with ``FTI_PREDICTION_LOG_PROCESS=false``, or
+as the fallback when that process cannot start or dies, it runs in a thread of the
+server. Either way, the ``/predict`` route hands over one *chunk* per request -- the
+number of rows and a function that builds them (:meth:`PredictionLogWriter.log_request`,
+:class:`inference_service.log_rows.RequestChunk`) -- with :meth:`PredictionLogWriter.submit_lazy`:
 one append to a bounded in-memory buffer, nothing else. One background thread
 takes chunks from the buffer, builds the rows (serialising the inputs and
 outputs to canonical JSON happens there, not in the request), and inserts them
@@ -42,7 +47,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
@@ -50,6 +56,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from inference_service.cpu_slot import CpuSlot
 from shared.prediction_table import COLUMNS, predictions
+from shared.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +92,28 @@ class _Remaining(Exception):
         self.cause = cause
 
 
+class PredictionLog(Protocol):
+    """What the app and the routes use of a prediction log: the thread writer below, or the writer process
+    (:class:`inference_service.log_process.ProcessLogWriter`)."""
+
+    store_check: Callable[[], str | None] | None
+
+    def start(self) -> Any: ...
+
+    def log_request(self, n: int, request_body: bytes, response_body: bytes, request_id: str, now: datetime,
+                    threshold: float | None) -> int: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self, timeout: float = 30.0) -> dict[str, Any]: ...
+
+
 class PredictionLogWriter:
     def __init__(self, engine: Engine, *, max_queue: int = 50_000, batch_size: int = 500,
                  flush_interval: float = 0.02, block_seconds: float = 0.5, max_backoff: float = 5.0,
-                 cpu_slot: CpuSlot | None = None):
+                 cpu_slot: CpuSlot | None = None, spec: DatasetSpec | None = None):
         self.engine = engine
+        self.spec = spec  # what log_request's chunks normalise records with
         self.cpu_slot = cpu_slot or CpuSlot(0)  # building and inserting rows is GIL-heavy: see cpu_slot
         self.capacity = max_queue
         self.batch_size = batch_size
@@ -118,6 +142,16 @@ class PredictionLogWriter:
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
         self._thread.start()
         return self
+
+    def log_request(self, n: int, request_body: bytes, response_body: bytes, request_id: str, now: datetime,
+                    threshold: float | None) -> int:
+        """One ``/predict`` request's ``n`` rows, built later from its bytes; returns how many were dropped."""
+        from inference_service.log_rows import RequestChunk, epoch_micros
+
+        if self.spec is None:
+            raise RuntimeError("this writer was made without the dataset spec its requests need")
+        chunk = RequestChunk(self.spec, n, request_body, response_body, request_id, epoch_micros(now), threshold)
+        return self.submit_lazy(n, chunk)
 
     def submit(self, rows: Sequence[Row]) -> int:
         """Queue built rows; returns how many were dropped (0 or ``len(rows)``)."""
@@ -160,6 +194,7 @@ class PredictionLogWriter:
         # accepted rows not written yet: in the buffer, or in the batch being written
         out["pending"] = out["submitted"] - out["written"] - out["failed"] - out["lost_on_shutdown"]
         out["capacity"] = self.capacity
+        out["mode"] = "thread"
         out["writer_cpu_seconds"] = round(self._cpu + self._build_cpu, 4)
         out["writer_build_cpu_seconds"] = round(self._build_cpu, 4)
         out["last_error"] = self.last_error
@@ -217,7 +252,7 @@ class PredictionLogWriter:
             return taken
 
     def _build(self, chunks: list[tuple[int, RowsBuilder]]) -> list[Row]:
-        """The chunks' rows. Builders of one kind with a ``build_many`` (``LogChunk``) are built together,
+        """The chunks' rows. Builders of one kind with a ``build_many`` (``RequestChunk``) are built together,
         which is cheaper than one by one; if that fails, each is built alone, so one bad chunk fails alone."""
         many = getattr(chunks[0][1], "build_many", None) if chunks else None
         if many is not None and len(chunks) > 1 and all(getattr(b, "build_many", None) == many for _, b in chunks):

@@ -40,7 +40,7 @@ from inference_service.config import Settings
 from inference_service.cpu_slot import CpuSlot
 from inference_service.model_loader import LoadedModel, ModelLoadError
 from inference_service.online import certificate_features
-from inference_service.prediction_log import PredictionLogWriter
+from inference_service.prediction_log import PredictionLog
 from inference_service.reload import ReloadState, iso, tags_key
 from shared import certificate as certmod
 from shared import feature_table as ft
@@ -61,7 +61,7 @@ class Runtime:
     last_error: str | None = "model not loaded yet"
     attempts: int = 0  # failed load attempts so far
     rejected: dict[str, Any] | None = None  # the last candidate refused by its parity certificate at start
-    prediction_log: PredictionLogWriter | None = None
+    prediction_log: PredictionLog | None = None
     obs: Any = None  # inference_service.observability.Observability: load and reload counters
     store_ready: bool = False
     started_at: float = field(default_factory=time.time)

@@ -17,7 +17,7 @@ class Settings(MlflowSettings):
                               "its CPU priority by this much, so serving on the same host keeps the CPU it needs")
     monitor_sched_idle: bool = Field(default=True, description="FTI_MONITOR_SCHED_IDLE: the monitor runs under "
                                      "Linux's SCHED_IDLE policy, getting a CPU only when nothing else wants one "
-                                     "(monitoring_service/cpu_priority.py)")
+                                     "(shared/cpu_priority.py)")
     monitor_jobs: int = Field(default=0, ge=0, le=64, description="FTI_MONITOR_JOBS: processes that compute a "
                               "pass's windows; 0: one per usable CPU, at most 4")
     monitor_host: str = Field(default="127.0.0.1", description="FTI_MONITOR_HOST: where `fti monitor serve` listens")
@@ -25,7 +25,7 @@ class Settings(MlflowSettings):
 
     @property
     def jobs(self) -> int:
-        from monitoring_service.cpu_priority import usable_cpus
+        from shared.cpu_priority import usable_cpus
 
         return self.monitor_jobs or min(4, usable_cpus())
 

@@ -1,9 +1,10 @@
 """``POST /predict``: raw records in, one prediction per record out, in order.
 
 Every prediction is also handed to the prediction log (``fti_predictions``)
-before the response is returned; building the rows (canonical JSON of the
-normalised inputs and of the outputs) and the database write happen in the
-log's background thread, never on this path. The response carries ``X-Request-ID``
+before the response is returned: the request's body and the response's body, as
+bytes (:class:`inference_service.log_rows.RequestChunk`). Building the rows
+(canonical JSON of the normalised inputs and of the outputs) and the database
+write happen in the log's writer process (or thread), never on this path. The response carries ``X-Request-ID``
 (also stored with each logged row), ``X-Model-Name`` and ``X-Model-Version``.
 
 The model is taken once per request (``ModelDep``) and passed down explicitly:
@@ -15,11 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -28,12 +26,11 @@ from inference_service.errors import error_response
 from inference_service.json_out import encode_last_list
 from inference_service.model_loader import LoadedModel
 from inference_service.observability import MAX_LOGGED_IDS, Observability, note
-from inference_service.online import Scored, score
+from inference_service.online import score
 from inference_service.runtime import Runtime
 from inference_service.schemas import ErrorResponse, PredictResponse
-from shared.certificate import raw_records, raw_records_from_arrays
 from shared.feature_table import FeatureStoreError, utcnow
-from shared.prediction_table import canonical_json, new_prediction_id, outputs
+from shared.prediction_table import new_prediction_id
 from shared.raw import RawDataError
 
 log = logging.getLogger(__name__)
@@ -66,9 +63,6 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
             item["score"] = float(row[k])
         item["probabilities"] = dict(zip(labels, row.tolist(), strict=True))
         out.append(item)
-    if runtime.prediction_log is not None:  # rows are built and written in the log's thread
-        now = utcnow()
-        runtime.prediction_log.submit_lazy(len(out), LogChunk(runtime, model, scored, out, request_id, now))
     result: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
                               "feature_version": scored.feature_version,
                               "trained_on_feature_version": model.trained_feature_version}
@@ -77,102 +71,17 @@ def _predict(runtime: Runtime, model: LoadedModel, records: list[Any], request_i
     return {**result, "predictions": out, "_proba": scored.proba}
 
 
-def _predict_encoded(runtime: Runtime, model: LoadedModel, records: list[Any], request_id: str
+def _predict_encoded(runtime: Runtime, model: LoadedModel, records: list[Any], request_id: str, raw: bytes
                      ) -> tuple[dict[str, Any], bytes]:
-    """:func:`_predict` and its response body, in the same thread."""
+    """:func:`_predict` and its response body, in the same thread; both bodies go to the prediction log,
+    which builds the rows from them later (in its own process)."""
     result = _predict(runtime, model, records, request_id)
     body = encode_last_list(_DUMPS, {k: v for k, v in result.items() if k != "_proba"}, "predictions",
                             item_separator=",", key_separator=":").encode()
+    if runtime.prediction_log is not None:
+        threshold = model.decision.threshold if model.decision is not None else None
+        runtime.prediction_log.log_request(len(result["predictions"]), raw, body, request_id, utcnow(), threshold)
     return result, body
-
-
-def log_rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]],
-             request_id: str, now: datetime) -> list[dict[str, Any]]:
-    """One ``fti_predictions`` row per prediction; ``inputs`` is the normalised record, replayable as is."""
-    spec = runtime.spec.spec
-    if scored.arrays is not None:  # the numpy online path: no frame here either
-        inputs = raw_records_from_arrays(scored.arrays, spec)
-        entities = list(scored.arrays[spec.entity_key])
-        times = _naive_utc_micros(scored.arrays[spec.event_time]) if spec.event_time else [None] * len(predictions)
-    else:
-        inputs = raw_records(scored.records, spec)
-        entities = scored.records[spec.entity_key].tolist()
-        times = _naive_utc_column(scored.records[spec.event_time]) if spec.event_time else [None] * len(predictions)
-    return _rows(runtime, model, scored, predictions, request_id, now, inputs, entities, times)
-
-
-def _rows(runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]], request_id: str,
-          now: datetime, inputs: list[dict[str, Any]], entities: list[Any], times: list[Any]) -> list[dict[str, Any]]:
-    spec = runtime.spec.spec
-    threshold = model.decision.threshold if model.decision is not None else None
-    return [{"prediction_id": p["prediction_id"], "request_id": request_id, "created_at": now,
-             "dataset": spec.name, "model_name": model.name, "model_version": model.version,
-             "feature_version": scored.feature_version, "record_id": str(p["record_id"]),
-             "entity_key": str(entities[i]), "event_time": times[i], "inputs": canonical_json(inputs[i]),
-             "outputs": canonical_json(outputs(p["prediction"], p.get("probabilities"), threshold))}
-            for i, p in enumerate(predictions)]
-
-
-class LogChunk:
-    """One request's log rows, built in the log's thread: alone (``chunk()``), or with the other chunks of
-    a batch at once (:meth:`build_many`, which the writer prefers)."""
-
-    __slots__ = ("model", "now", "predictions", "request_id", "runtime", "scored")
-
-    def __init__(self, runtime: Runtime, model: LoadedModel, scored: Scored, predictions: list[dict[str, Any]],
-                 request_id: str, now: datetime):
-        self.runtime, self.model, self.scored = runtime, model, scored
-        self.predictions, self.request_id, self.now = predictions, request_id, now
-
-    def __call__(self) -> list[dict[str, Any]]:
-        return log_rows(self.runtime, self.model, self.scored, self.predictions, self.request_id, self.now)
-
-    @staticmethod
-    def build_many(chunks: list[LogChunk]) -> list[dict[str, Any]]:
-        """Every chunk's rows, in order, the same as each chunk's own: the numpy-path chunks' columns are
-        joined and rendered once. Why: a request of one record costs ~45 us of fixed per-call work to
-        render alone, and a 0.2 s batch of 450 such requests held the GIL for 20 ms in one go, which was
-        serving's p99 with the log on."""
-        groups: dict[Any, list[int]] = {}
-        for i, c in enumerate(chunks):
-            arrays = c.scored.arrays
-            if arrays is None:
-                continue
-            key = (id(c.runtime.spec.spec), tuple((k, v.dtype.str) for k, v in arrays.items()))
-            groups.setdefault(key, []).append(i)
-        built: list[list[dict[str, Any]] | None] = [None] * len(chunks)
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            group = [chunks[i] for i in members]
-            spec = group[0].runtime.spec.spec
-            names = list(group[0].scored.arrays or {})
-            joined = {k: np.concatenate([(c.scored.arrays or {})[k] for c in group]) for k in names}
-            inputs = raw_records_from_arrays(joined, spec)
-            entities = list(joined[spec.entity_key])
-            times = _naive_utc_micros(joined[spec.event_time]) if spec.event_time else [None] * len(entities)
-            at = 0
-            for i, c in zip(members, group, strict=True):
-                n = len(c.predictions)
-                built[i] = _rows(c.runtime, c.model, c.scored, c.predictions, c.request_id, c.now,
-                                 inputs[at:at + n], entities[at:at + n], times[at:at + n])
-                at += n
-        out: list[dict[str, Any]] = []
-        for i, c in enumerate(chunks):
-            rows = built[i]
-            out.extend(rows if rows is not None else c())
-        return out
-
-
-def _naive_utc_column(series: pd.Series) -> list[datetime | None]:
-    """UTC timestamps -> naive ``datetime`` (microseconds), ``None`` for NaT; like ``naive_utc`` per value."""
-    naive = series.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
-    return naive.astype(object).tolist()  # datetime64[us] -> datetime.datetime, NaT -> None
-
-
-def _naive_utc_micros(micros: Any) -> list[datetime | None]:
-    """Epoch microseconds (``NAT_MICROS`` missing) -> naive UTC ``datetime``, as ``_naive_utc_column``."""
-    return np.asarray(micros, dtype=np.int64).view("datetime64[us]").astype(object).tolist()
 
 
 def openapi_body(request_schema: dict[str, Any]) -> dict[str, Any]:
@@ -217,9 +126,10 @@ async def score_predict(runtime: Runtime, content_type: str | None, raw: bytes, 
         return _error(413, "too_many_records", f"{len(records)} records; the limit is {limit} (FTI_MAX_BATCH_ROWS)")
     try:
         if len(records) <= INLINE_MAX_RECORDS and runtime.online_for(model) is not None:
-            result, body = _predict_encoded(runtime, model, records, request_id)  # ~1 ms: a hop costs more
+            result, body = _predict_encoded(runtime, model, records, request_id, raw)  # ~1 ms: a hop costs more
         else:  # scoring and the response's JSON (milliseconds for 1,000 records) both off the event loop
-            result, body = await runtime.cpu_slot.in_worker(_predict_encoded, runtime, model, records, request_id)
+            result, body = await runtime.cpu_slot.in_worker(_predict_encoded, runtime, model, records, request_id,
+                                                            raw)
     except RawDataError as exc:
         return _error(400, "invalid_records", f"{len(exc.problems)} problem(s) in the records",
                       [p.as_dict() for p in exc.problems])

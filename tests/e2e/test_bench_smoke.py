@@ -83,7 +83,8 @@ def test_serving_benchmark_smoke_run(tmp_path):
 @pytest.mark.timeout(600)
 def test_monitoring_benchmark_smoke_run(tmp_path):
     """``bench/monitoring.py --smoke``: a log filled over HTTP, one ``fti monitor run`` (its worker
-    processes' memory summed), ``/predict`` rounds with the log off, on, and on beside ``fti monitor serve``.
+    processes' memory summed), ``/predict`` rounds with the log off, written from a thread, from its process, and that beside
+    ``fti monitor serve``.
     Checks every number was measured and no request failed; asserts no timing and no target."""
     out_json = tmp_path / "monitoring.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
@@ -97,8 +98,13 @@ def test_monitoring_benchmark_smoke_run(tmp_path):
     assert mon["rows"] == results["rows"] and mon["windows"] > 0 and mon["new_reports"] == mon["windows"], mon
     assert mon["seconds"] > 0 and mon["peak_rss_mib"] >= mon["parent_peak_rss_mib"] > 0, mon
     modes = [r["mode"] for r in results["runs"]]
-    assert sorted(modes) == ["log", "off", "on"], modes
+    assert sorted(modes) == ["log", "off", "on", "thread"], modes
     for r in results["runs"]:
         assert r["requests"] > 0 and r["non_2xx"] == 0 and r["latency_ms"]["p99"] > 0, r
+        if r["mode"] != "off":  # every answered prediction logged, by the writer the mode names
+            plog = r["prediction_log"]
+            assert plog["written"] == plog["submitted"] > 0 and plog["dropped"] == plog["failed"] == 0, r
+            assert plog["mode"] == ("thread" if r["mode"] == "thread" else "process"), r
     serving = results["serving"]
     assert serving["p99_off_ms"] > 0 and serving["p99_log_ms"] > 0 and serving["p99_on_ms"] > 0, serving
+    assert serving["p99_thread_ms"] > 0 and serving["log_written"] > 0 and serving["log_pending"] == 0, serving

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -198,37 +197,6 @@ def test_the_sqlite_multi_row_insert_stores_what_executemany_stores(tmp_path: Pa
     finally:
         ours.dispose()
         ref.dispose()
-
-
-def test_log_chunks_built_together_are_the_rows_each_builds_alone(tmp_path: Path) -> None:
-    """What the writer stores for a batch of requests (LogChunk.build_many) is what each request's chunk
-    builds alone, for requests of one and of several records, missing values included."""
-    from types import SimpleNamespace
-
-    from inference_service.online import Scored
-    from inference_service.routes.predict import LogChunk
-    from shared.raw import record_arrays
-    from shared.spec import load_spec
-    from tests.helpers import raw_json_records, write_claims_spec
-
-    spec_path = write_claims_spec(tmp_path, n_policyholders=40)
-    loaded = load_spec(spec_path)
-    records = raw_json_records(tmp_path / "raw" / "claims.csv", spec_path)[:30]
-    records[3] = {**records[3], "police_report": None, "region": None, "vehicle_age": None}
-    runtime = SimpleNamespace(spec=loaded)
-    model = SimpleNamespace(name="claims-fraud", version="3", decision=SimpleNamespace(threshold=0.4))
-    chunks = []
-    for start, n in ((0, 1), (1, 1), (2, 5), (7, 1), (8, 22)):
-        part = records[start:start + n]
-        arrays, problems = record_arrays(part, loaded.spec)
-        assert not problems
-        scored = Scored(None, None, np.full((n, 2), 0.5), 7, arrays, loaded.spec)  # type: ignore[arg-type]
-        preds = [{"prediction_id": f"{start}-{i}", "record_id": r[loaded.spec.record_id], "prediction": "1",
-                  "probabilities": {"0": 0.5, "1": 0.5}} for i, r in enumerate(part)]
-        chunks.append(LogChunk(runtime, model, scored, preds, f"req{start}", ft.utcnow()))  # type: ignore[arg-type]
-    alone = [row for c in chunks for row in c()]
-    together = LogChunk.build_many(chunks)
-    assert len(together) == 30 and together == alone
 
 
 def test_prediction_ids_are_uuid7_and_sort_by_time() -> None:

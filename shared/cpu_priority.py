@@ -1,4 +1,4 @@
-"""The monitor takes the CPU that serving leaves, and no more.
+"""Background work (the monitor, the prediction log's writer process) takes the CPU serving leaves.
 
 A monitor pass is CPU-bound for seconds to minutes. Sharing a host with the inference service, it
 ran at niceness 10 and still moved serving's p99 at c=8 from 20 ms to 37 ms on 2 cores
@@ -25,16 +25,16 @@ def lower_cpu_priority(nice: int, idle: bool) -> str:
             os.nice(nice)
             applied.append(f"nice +{nice}")
         except OSError as exc:  # pragma: no cover - lowering one's priority is always allowed on Linux
-            log.warning("could not lower the monitor's niceness: %s", exc)
+            log.warning("could not lower this process's niceness: %s", exc)
     if idle:
         if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
             try:
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 applied.append("SCHED_IDLE")
             except OSError as exc:  # pragma: no cover - allowed for any process on Linux
-                log.warning("could not switch the monitor to SCHED_IDLE: %s", exc)
+                log.warning("could not switch this process to SCHED_IDLE: %s", exc)
         else:  # pragma: no cover - not Linux
-            log.info("SCHED_IDLE is not available on this platform; the monitor keeps its niceness only")
+            log.info("SCHED_IDLE is not available on this platform; the niceness alone applies")
     return ", ".join(applied) or "unchanged"
 
 

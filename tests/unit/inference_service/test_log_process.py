@@ -1,0 +1,188 @@
+"""The prediction log's writer process on a real SQLite store: rows written by a child at a lower CPU
+priority, equal to those the request's chunk builds; close writes everything; the child survives the
+signals a process group gets; a backlog past the capacity blocks then drops, counted; a killed child's
+rows are counted and the log goes on in a thread; a server that vanishes still gets its rows written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from inference_service.log_process import ProcessLogWriter
+from inference_service.log_rows import RequestChunk, epoch_micros
+from shared import feature_table as ft
+from shared.db import make_engine
+from shared.prediction_table import new_prediction_id, predictions
+from shared.spec import load_spec
+from tests.helpers import raw_json_records, write_claims_spec
+
+
+@pytest.fixture(scope="module")
+def claims(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("logproc")
+    spec_path = write_claims_spec(folder, n_policyholders=40)
+    return {"spec": load_spec(spec_path).spec,
+            "records": raw_json_records(folder / "raw" / "claims.csv", spec_path)[:60]}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(f"sqlite:///{tmp_path / 'features.db'}")
+    with eng.connect():
+        pass  # the file exists (the writer process opens it with must_exist)
+    yield eng
+    eng.dispose()
+
+
+class Requests:
+    """``/predict``-shaped hand-overs: the request body, the encoded answer, and the chunk they make."""
+
+    def __init__(self, spec: Any, records: list[dict[str, Any]]):
+        self.spec, self.records, self.chunks = spec, records, []
+        self.at = 0
+
+    def send(self, writer: Any, n: int = 1) -> int:
+        part = [self.records[(self.at + i) % len(self.records)] for i in range(n)]
+        self.at += n
+        preds = [{"prediction_id": new_prediction_id(), "record_id": r[self.spec.record_id], "prediction": 1,
+                  "probabilities": {"0": 0.25, "1": 0.75}} for r in part]
+        body = json.dumps({"model_name": "m", "model_version": "4", "feature_version": 1, "predictions": preds},
+                          separators=(",", ":")).encode()
+        raw = json.dumps({"records": part}).encode()
+        now = datetime(2026, 12, 6, 12, 0, 0, self.at)
+        self.chunks.append(RequestChunk(self.spec, n, raw, body, f"req{self.at}", epoch_micros(now), None))
+        return writer.log_request(n, raw, body, f"req{self.at}", now, None)
+
+
+def _stored(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(predictions).order_by(predictions.c.prediction_id))]
+
+
+def _wait(cond: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what}: not met in {timeout}s"
+        time.sleep(0.02)
+
+
+def test_rows_are_built_and_written_by_a_child_process_at_a_lower_priority(claims: dict[str, Any],
+                                                                          engine: Engine) -> None:
+    ft.upgrade(engine)
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01).start()
+    reqs = Requests(claims["spec"], claims["records"])
+    try:
+        pid = writer.stats()["writer_pid"]
+        assert pid and pid != os.getpid() and writer.stats()["mode"] == "process"
+        for n in (1, 1, 5, 1, 20):
+            assert reqs.send(writer, n) == 0
+        _wait(lambda: writer.stats()["written"] == 28, what="28 rows written")
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert writer.stats()["writer_cpu_seconds"] > 0  # the child's CPU, not ours
+    finally:
+        stats = writer.close()
+    assert stats["pending"] == 0 and stats["written"] == 28 and stats["dropped"] == stats["failed"] == 0
+    want = sorted((row for c in reqs.chunks for row in c()), key=lambda r: r["prediction_id"])
+    assert _stored(engine) == want
+    assert not writer._proc.is_alive() and writer._proc.exitcode == 0
+
+
+def test_close_writes_every_accepted_row_without_waiting_for_the_interval(claims: dict[str, Any],
+                                                                        engine: Engine) -> None:
+    ft.upgrade(engine)
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=30.0).start()
+    reqs = Requests(claims["spec"], claims["records"])
+    for _ in range(40):
+        reqs.send(writer)
+    stats = writer.close(timeout=20.0)
+    assert stats["written"] == 40 and stats["pending"] == 0 and len(_stored(engine)) == 40
+
+
+def test_the_child_ignores_the_signals_its_process_group_gets(claims: dict[str, Any], engine: Engine) -> None:
+    """Ctrl-C (SIGINT) and a cgroup-wide SIGTERM reach every process of the group: the child stops only when the
+    server closes it, after writing what it holds."""
+    ft.upgrade(engine)
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01).start()
+    reqs = Requests(claims["spec"], claims["records"])
+    try:
+        _wait(lambda: writer._child_counts()["ready"] == 1, what="the child ready")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(writer._proc.pid, sig)
+        for _ in range(10):
+            reqs.send(writer)
+        _wait(lambda: writer.stats()["written"] == 10, what="10 rows written")
+        assert writer._proc.is_alive()
+    finally:
+        stats = writer.close()
+    assert stats["written"] == 10 and stats["pending"] == 0
+
+
+def test_a_backlog_past_the_capacity_blocks_briefly_then_drops_counted(claims: dict[str, Any], engine: Engine,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Rows handed to the child and not yet written count against the capacity (no table yet: the child
+    retries); then the table appears and every accepted row is written."""
+    writer = ProcessLogWriter(engine, claims["spec"], max_queue=10, flush_interval=0.01, block_seconds=0.2).start()
+    reqs = Requests(claims["spec"], claims["records"])
+    try:
+        assert reqs.send(writer, 5) == 0 and reqs.send(writer, 5) == 0
+        _wait(lambda: writer._child_counts()["received"] == 10, what="the child holds 10 rows")
+        assert reqs.send(writer, 5) == 5  # no room: dropped after waiting
+        assert "dropped 5 row(s)" in caplog.text
+        s = writer.stats()
+        assert s["dropped"] == 5 and s["pending"] == 10 and s["written"] == 0
+        _wait(lambda: writer.stats()["last_error"] is not None, what="the child's error reported")
+        assert "fti_predictions" in writer.stats()["last_error"]  # no such table
+        ft.upgrade(engine)
+        _wait(lambda: writer.stats()["written"] == 10, what="10 rows written once the table exists")
+    finally:
+        stats = writer.close()
+    assert stats["written"] == 10 and stats["dropped"] == 5 and stats["pending"] == 0
+
+
+def test_a_killed_child_s_rows_are_counted_and_the_log_goes_on_in_a_thread(claims: dict[str, Any],
+                                                                          engine: Engine) -> None:
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01).start()  # no table: the child holds rows
+    reqs = Requests(claims["spec"], claims["records"])
+    try:
+        for _ in range(4):
+            reqs.send(writer)
+        _wait(lambda: writer._child_counts()["received"] == 4, what="the child holds 4 rows")
+        os.kill(writer._proc.pid, signal.SIGKILL)
+        _wait(lambda: writer.stats()["mode"] == "thread (fallback)", what="the fallback taken")
+        s = writer.stats()
+        assert s["failed"] == 4 and "died" in s["last_error"] and "4 row(s)" in s["last_error"], s
+        ft.upgrade(engine)
+        for _ in range(3):
+            assert reqs.send(writer) == 0
+        _wait(lambda: writer.stats()["written"] == 3, what="the fallback writes")
+    finally:
+        stats = writer.close()
+    assert stats["written"] == 3 and stats["failed"] == 4 and stats["pending"] == 0 and stats["submitted"] == 7
+    assert {r["request_id"] for r in _stored(engine)} == {c.request_id for c in reqs.chunks[4:]}
+
+
+def test_a_server_that_vanishes_still_gets_the_rows_it_handed_over_written(claims: dict[str, Any],
+                                                                         engine: Engine) -> None:
+    """The pipe closes without a close message (the server was killed, or exited without its shutdown): the
+    child writes what it received, then exits."""
+    ft.upgrade(engine)
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01).start()
+    reqs = Requests(claims["spec"], claims["records"])
+    for _ in range(12):
+        reqs.send(writer)
+    _wait(lambda: writer._child_counts()["received"] == 12, what="the child holds 12 rows")
+    writer._stop.set()
+    writer._conn.close()
+    writer._proc.join(30)
+    assert writer._proc.exitcode == 0 and len(_stored(engine)) == 12
