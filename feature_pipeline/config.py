@@ -1,7 +1,24 @@
 """Feature-job settings (environment only; see .env.example)."""
 
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
 from shared.settings import CommonSettings
 
 
 class Settings(CommonSettings):
     """``FTI_DATABASE_URL`` and ``FTI_DATA_DIR``; the source location lives in the spec."""
+
+    feature_engine: Literal["memory", "local"] = Field(
+        default="memory", description="FTI_FEATURE_ENGINE: how `fti features run` builds a version: memory (the "
+        "whole source at once) or local (bounded memory: entity-hash buckets on disk, the same rows and "
+        "checksum; feature_pipeline/buckets.py)")
+    feature_buckets: int | None = Field(default=None, ge=1, le=100_000, description="FTI_FEATURE_BUCKETS: entity "
+                                        "buckets of the local engine (default: about 250,000 source rows each)")
+    feature_chunk_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="FTI_FEATURE_CHUNK_ROWS: "
+                                    "source rows the local engine reads at a time")
+    feature_work_dir: Path | None = Field(default=None, description="FTI_FEATURE_WORK_DIR: where the local engine "
+                                          "keeps its buckets while it runs (default: the system's temporary "
+                                          "folder; removed at the end)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,53 @@ def extract(loaded: LoadedSpec, *, location: Path | None = None) -> Extracted:
             raise SourceError(f"cannot read Parquet file {path}: {exc}") from exc
         return Extracted(frame.reset_index(drop=True), str(path), digest, 0, "row")
     return _read_sql(loaded)
+
+
+def source_sha256(path: Path) -> str:
+    return sha256_file(path)
+
+
+def read_csv_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(offset, chunk) of a CSV source, read as :func:`extract` reads it whole (text values, UTF-8 with or
+    without a BOM), at least one chunk (the header alone gives an empty one)."""
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path} is empty (0 bytes): expected a header line and rows")
+    offset = 0
+    try:
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig",
+                             chunksize=chunk_rows)
+        with reader:
+            for chunk in reader:
+                yield offset, chunk.reset_index(drop=True)
+                offset += len(chunk)
+        if offset == 0:
+            yield 0, pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig", nrows=0)
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "re-save it as UTF-8") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"{path} has no header line and no rows") from exc
+    except pd.errors.ParserError as exc:
+        raise SourceError(f"{path} is not a well-formed CSV file: {exc}") from exc
+
+
+def read_parquet_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(offset, chunk) of a Parquet source, by record batches, as :func:`extract` reads it whole."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        offset = 0
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            chunk = batch.to_pandas().reset_index(drop=True)
+            yield offset, chunk
+            offset += len(chunk)
+        if offset == 0:
+            yield 0, pf.schema_arrow.empty_table().to_pandas()
+    except SourceError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise SourceError(f"cannot read Parquet file {path}: {exc}") from exc
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -89,14 +89,7 @@ def build(loaded: LoadedSpec, src: Extracted, *, as_of: pd.Timestamp | None = No
     stamp_col = spec.source.ingestion_time or spec.event_time
     if as_of is None:
         as_of = frame[stamp_col].max() if stamp_col else pd.Timestamp.now(tz="UTC").floor("s")
-    keep = pd.Series(True, index=frame.index)
-    late = pd.Series(False, index=frame.index)
-    if spec.event_time:
-        keep &= frame[spec.event_time] <= as_of
-    if spec.source.ingestion_time:
-        known = frame[spec.source.ingestion_time] <= as_of
-        late = keep & ~known
-        keep &= known
+    keep, late = rows_before_cutoff(frame, spec, as_of)
     stats: dict[str, Any] = {"source_rows": len(frame), "after_cutoff": int((~keep).sum()),
                              "late_arrivals": int(late.sum()), "superseded": 0,
                              "ingestion_time": spec.source.ingestion_time}
@@ -136,20 +129,47 @@ def build(loaded: LoadedSpec, src: Extracted, *, as_of: pd.Timestamp | None = No
     ents = features[spec.entity_key].tolist()
     times = [ft.iso_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * len(rids)
     checksum, n = ft.checksum_lines(rids, ents, times, payloads)
-    manifest = {
-        "dataset": spec.name, "checksum": checksum, "row_count": n, "spec_hash": loaded.hash,
-        "shared_version": shared_version(), "code_commit": code_commit(),
-        "source_format": spec.source.format, "source_location": src.location, "source_sha256": src.sha256,
-        "as_of": ft.naive_utc(as_of), "columns": ft.frame_columns(spec),
-        # rows whose label has not arrived yet: kept (serving sees them), skipped by training
-        "details": {"source_rows": len(src.frame), "ignored_columns": extra, "warnings": warnings,
-                    "unlabeled_rows": int(features[spec.label].isna().sum())},
-        "created_at": ft.utcnow(),
-    }
+    manifest = make_manifest(loaded, checksum=checksum, row_count=n, source_format=spec.source.format,
+                             source_location=src.location, source_sha256=src.sha256, as_of=as_of,
+                             source_rows=len(src.frame), extra=extra, warnings=warnings,
+                             unlabeled=int(features[spec.label].isna().sum()))
     event_times = [ft.naive_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * n
     rows = [{"record_id": r, "entity_key": e, "event_time": t, "payload": p}
             for r, e, t, p in zip(rids, ents, event_times, payloads, strict=True)]
     return Built(manifest, rows, warnings, stats)
+
+
+def rows_before_cutoff(frame: pd.DataFrame, spec: DatasetSpec, as_of: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+    """(kept, late) masks of the as-of cutoff: a row is kept if it happened and became known by ``as_of``;
+    late if it happened by then but became known after."""
+    keep = pd.Series(True, index=frame.index)
+    late = pd.Series(False, index=frame.index)
+    if spec.event_time:
+        keep &= frame[spec.event_time] <= as_of
+    if spec.source.ingestion_time:
+        known = frame[spec.source.ingestion_time] <= as_of
+        late = keep & ~known
+        keep &= known
+    return keep, late
+
+
+def make_manifest(loaded: LoadedSpec, *, checksum: str, row_count: int, source_format: str, source_location: str,
+                  source_sha256: str, as_of: pd.Timestamp, source_rows: int, extra: list[str], warnings: list[str],
+                  unlabeled: int, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The version's manifest row; ``engine`` (how it was built) is recorded in ``details`` when not the
+    in-memory build, so versions built in memory keep their manifests as they were."""
+    details: dict[str, Any] = {"source_rows": source_rows, "ignored_columns": extra, "warnings": warnings,
+                               # rows whose label has not arrived yet: kept (serving sees them), skipped by training
+                               "unlabeled_rows": unlabeled}
+    if engine is not None:
+        details["engine"] = engine
+    return {
+        "dataset": loaded.spec.name, "checksum": checksum, "row_count": row_count, "spec_hash": loaded.hash,
+        "shared_version": shared_version(), "code_commit": code_commit(),
+        "source_format": source_format, "source_location": source_location, "source_sha256": source_sha256,
+        "as_of": ft.naive_utc(as_of), "columns": ft.frame_columns(loaded.spec),
+        "details": details, "created_at": ft.utcnow(),
+    }
 
 
 def rows_frame(rows: list[dict[str, Any]], spec: DatasetSpec) -> pd.DataFrame:

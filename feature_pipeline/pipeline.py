@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,13 +52,32 @@ def build(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool
     return built.manifest, built.rows, built.warnings
 
 
-def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, strict: bool = False) -> RunResult:
+def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, strict: bool = False,
+        engine_name: str | None = None, buckets: int | None = None) -> RunResult:
+    """Build with the chosen engine (``--engine``, else ``FTI_FEATURE_ENGINE``) and publish atomically."""
     t0 = time.perf_counter()
+    which = engine_name or settings.feature_engine
+    if which == "local":
+        from feature_pipeline.buckets import build_bucketed
+
+        built = build_bucketed(loaded, as_of=parse_as_of(as_of), strict=strict,
+                               buckets=buckets or settings.feature_buckets, chunk_rows=settings.feature_chunk_rows,
+                               workdir=settings.feature_work_dir)
+        try:
+            published = _publish(settings, built.manifest, built.rows())
+        finally:
+            built.cleanup()
+        return RunResult(published, built.warnings, time.perf_counter() - t0)
+    if which != "memory":
+        raise ValueError(f"unknown feature engine {which!r}: memory or local")
     manifest, rows, warnings = build(loaded, as_of=parse_as_of(as_of), strict=strict)
+    return RunResult(_publish(settings, manifest, rows), warnings, time.perf_counter() - t0)
+
+
+def _publish(settings: Settings, manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> Published:
     engine = make_engine(settings.feature_store_url)
     try:
         ft.upgrade(engine)
-        published = publish(engine, manifest, rows)
+        return publish(engine, manifest, rows)
     finally:
         engine.dispose()
-    return RunResult(published, warnings, time.perf_counter() - t0)
