@@ -338,8 +338,8 @@ def _write_output(path: Path, features: pd.DataFrame, spec: Any) -> Path:
     isos: list[str | None] = [None] * len(rids)
     whens: list[Any] = [None] * len(rids)
     if spec.event_time:
-        isos = [ft.iso_utc(t) for t in features[spec.event_time]]
-        whens = [ft.naive_utc(t) for t in features[spec.event_time]]
+        isos = ft.iso_utc_column(features[spec.event_time])
+        whens = ft.naive_utc_column(features[spec.event_time])
     rows = sorted(zip(rids, ents, isos, whens, payloads, strict=True), key=lambda r: r[0])
     with open(path, "wb") as fh:
         for start in range(0, len(rows), BLOCK_ROWS):

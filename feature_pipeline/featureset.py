@@ -127,13 +127,13 @@ def build(loaded: LoadedSpec, src: Extracted, *, as_of: pd.Timestamp | None = No
     payloads = ft.encode_payloads(features, spec.stored_columns)
     rids = features[spec.record_id].tolist()
     ents = features[spec.entity_key].tolist()
-    times = [ft.iso_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * len(rids)
+    times = ft.iso_utc_column(features[spec.event_time]) if spec.event_time else [None] * len(rids)
     checksum, n = ft.checksum_lines(rids, ents, times, payloads)
     manifest = make_manifest(loaded, checksum=checksum, row_count=n, source_format=spec.source.format,
                              source_location=src.location, source_sha256=src.sha256, as_of=as_of,
                              source_rows=len(src.frame), extra=extra, warnings=warnings,
                              unlabeled=int(features[spec.label].isna().sum()))
-    event_times = [ft.naive_utc(t) for t in features[spec.event_time]] if spec.event_time else [None] * n
+    event_times = ft.naive_utc_column(features[spec.event_time]) if spec.event_time else [None] * n
     rows = [{"record_id": r, "entity_key": e, "event_time": t, "payload": p}
             for r, e, t, p in zip(rids, ents, event_times, payloads, strict=True)]
     return Built(manifest, rows, warnings, stats)

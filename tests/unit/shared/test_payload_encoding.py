@@ -1,0 +1,67 @@
+"""Feature payloads are encoded a column at a time (``shared.feature_table.encode_payloads``); the text must
+be what encoding each cell with ``_json_value`` and ``json.dumps`` gave, for every kind of column the
+feature job stores, and the vectorised timestamps must be ``iso_utc``/``naive_utc`` of each value."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared import feature_table as ft
+
+
+def _reference(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The encoding as it was, cell by cell."""
+    cols = {c: frame[c].to_numpy(dtype=object) for c in columns}
+    return [json.dumps({c: ft._json_value(cols[c][i]) for c in columns}, sort_keys=True, separators=(",", ":"),
+                       ensure_ascii=False, allow_nan=False) for i in range(len(frame))]
+
+
+def _frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    f = rng.lognormal(0, 20, size=n) * np.where(rng.random(n) < 0.3, -1, 1)
+    f[rng.random(n) < 0.1] = np.nan
+    f[rng.random(n) < 0.05] = -0.0
+    f[rng.random(n) < 0.05] = 5e-324
+    micros = rng.integers(-2_000_000_000_000_000, 7_000_000_000_000_000, size=n)
+    ts = pd.Series(pd.to_datetime(micros, unit="us", utc=True)).astype("datetime64[us, UTC]")
+    ts[rng.random(n) < 0.1] = pd.NaT
+    texts = np.array(["a", "Zürich ✓", "", "x" * 40, None, "1.5"], dtype=object)[rng.integers(0, 6, size=n)]
+    mixed = np.array([True, False, None, 3, "t"], dtype=object)[rng.integers(0, 5, size=n)]
+    return pd.DataFrame({
+        "f": f, "f32": np.clip(f, -1e30, 1e30).astype(np.float32), "i": rng.integers(-10**12, 10**12, size=n),
+        "ts": ts, "naive": ts.dt.tz_localize(None), "text": texts, "mixed": mixed,
+        "label": pd.array(rng.integers(0, 2, size=n), dtype="Int64"),
+    })
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_payloads_are_the_cell_by_cell_encoding(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    frame = _frame(rng, int(rng.integers(0, 400)))
+    frame.loc[frame.sample(frac=0.1, random_state=seed).index, "label"] = pd.NA
+    columns = sorted(frame.columns)
+    assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
+
+
+def test_timestamps_are_iso_utc_and_naive_utc_of_each_value() -> None:
+    frame = _frame(np.random.default_rng(3), 500)
+    for col in ("ts", "naive"):
+        want_iso = [None if pd.isna(v) else ft.iso_utc(v) for v in frame[col]]
+        want_naive = [None if pd.isna(v) else ft.naive_utc(v) for v in frame[col]]
+        assert ft.iso_utc_column(frame[col]) == want_iso
+        got = ft.naive_utc_column(frame[col])
+        assert got == want_naive and all(v is None or type(v) is datetime for v in got)
+    ns = pd.Series(pd.to_datetime(["2024-01-01T00:00:00.123456789Z", "1850-03-04T05:06:07.000000000Z"], utc=True))
+    assert ft.iso_utc_column(ns) == [ft.iso_utc(v) for v in ns]  # sub-microsecond: the per-value path
+    old = pd.Series(pd.to_datetime(["0999-12-31T23:59:59Z"], utc=True).astype("datetime64[us, UTC]"))
+    assert ft.iso_utc_column(old) == [ft.iso_utc(old.iloc[0])]  # outside 1000-9999: the per-value path
+
+
+def test_an_infinite_value_is_refused_as_before() -> None:
+    frame = pd.DataFrame({"f": [1.0, np.inf]})
+    with pytest.raises(ValueError, match="infinite values cannot be stored"):
+        ft.encode_payloads(frame, ["f"])
