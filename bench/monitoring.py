@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
-from bench.servers import ServerProcess
+from bench.servers import ServerProcess, TreeRss
 from bench.serving import (
     RESULTS_DIR,
     TMP_DIR,
@@ -119,41 +119,6 @@ def logged_rows(data_dir: Path) -> int:
         return count_predictions(engine)
     finally:
         engine.dispose()
-
-
-def _tree_rss_kib(root: int) -> int:
-    """The summed VmRSS of ``root`` and its descendants (pages shared between them counted in each: an upper
-    bound of what the pass holds)."""
-    from bench.servers import _kb, process_tree
-
-    total = 0
-    for pid in process_tree(root):
-        try:
-            total += _kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS:")
-        except OSError:
-            continue
-    return total
-
-
-class TreeRss:
-    """Samples a process tree's summed RSS every 0.2 s (the pass's worker processes included)."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak_kib, self.stop = pid, 0, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid))
-            self.stop.wait(0.2)
-
-    def __enter__(self) -> TreeRss:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def monitor_pass(spec_path: Path, env: dict[str, str], out: Path, log_path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,3 +280,36 @@ def start_ready(config: TargetConfig, log_path: Path, *, timeout: float = 120.0,
                 raise
     assert last is not None
     raise last
+
+
+def _tree_rss_kib(root: int) -> int:
+    """The summed VmRSS of ``root`` and its descendants (pages shared between them counted in each: an upper
+    bound of what the pass holds)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            total += _kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS:")
+        except OSError:
+            continue
+    return total
+
+
+class TreeRss:
+    """Samples a process tree's summed RSS every 0.2 s (the pass's worker processes included)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_kib, self.stop = pid, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid))
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> TreeRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()

@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
                           prediction_log=writer, obs=obs, cpu_slot=cpu_slot)
         app.state.runtime = runtime
         task = asyncio.create_task(runtime.run(), name="model-loader")  # first load, then hot reload
+        if isinstance(writer, ProcessLogWriter):  # while the model loads: take no request before the log can
+            await asyncio.to_thread(writer.wait_ready, 60.0)
         flusher = asyncio.create_task(obs.flush_access_log_periodically(), name="access-log")
         try:
             yield

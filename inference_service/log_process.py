@@ -112,6 +112,7 @@ class ProcessLogWriter:
         self._error: Any = None
         self._child_final: dict[str, int] | None = None  # the child's counters once it exited
         self._fallback: PredictionLogWriter | None = None
+        self._dead = False
         self.last_error: str | None = None
         self.mode = "process"
 
@@ -205,28 +206,32 @@ class ProcessLogWriter:
 
     # ------------------------------------------------------------------ the pump (a thread of the server)
 
-    def _take(self) -> tuple[list[bytes], int]:
+    def _take(self) -> tuple[list[bytes], list[int]]:
+        """The buffered frames (4 pieces each) and their rows; from here they count as sent, so that rows
+        in a blocked pipe write still count against the capacity."""
         with self._cond:
             if not self._parts and not self._stop.is_set():
                 self._cond.wait(self.flush_interval)
             if not self._parts:
-                return [], 0
-            parts, rows = self._parts, self._queued
+                return [], []
+            parts, rows = self._parts, self._part_rows
+            self._sent += self._queued
             self._parts, self._part_rows, self._queued = [], [], 0
             return parts, rows
 
     def _pump(self) -> None:
+        per_message = 64  # frames
         while True:
             parts, rows = self._take()
             if parts:
-                try:
-                    for start in range(0, len(parts), 4 * 64):  # at most 64 frames a message
-                        self._conn.send_bytes(b"".join((_FRAMES, *parts[start:start + 4 * 64])))
-                    with self._cond:
-                        self._sent += rows
-                except (OSError, ValueError) as exc:  # the child is gone: its pipe is broken
-                    self._child_died(f"{type(exc).__name__}: {exc}", unsent=parts)
-                    return
+                for k in range(0, len(rows), per_message):
+                    try:
+                        self._conn.send_bytes(b"".join((_FRAMES, *parts[4 * k:4 * (k + per_message)])))
+                    except (OSError, ValueError) as exc:  # the child is gone: its pipe is broken
+                        with self._cond:
+                            self._sent -= sum(rows[k:])  # not sent: they go to the fallback
+                        self._child_died(f"{type(exc).__name__}: {exc}", unsent=parts[4 * k:])
+                        return
             elif self._stop.is_set():
                 return
             if not self._proc.is_alive() and not self._stop.is_set():
@@ -234,7 +239,11 @@ class ProcessLogWriter:
                 return
 
     def _child_died(self, how: str, unsent: list[bytes]) -> None:
-        """Count the rows the child held as failed and go on with the thread writer."""
+        """Count the rows the child held as failed and go on with the thread writer (once)."""
+        with self._cond:
+            if self._dead:
+                return
+            self._dead = True
         with contextlib.suppress(Exception):
             self._proc.join(1.0)
         final = self._child_counts()
@@ -262,6 +271,28 @@ class ProcessLogWriter:
             self._fallback = fallback
             self.mode = "thread (fallback)"
             self._cond.notify_all()
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Wait until the child has started (imports done, store opened); if it exits or does not start in
+        ``timeout`` seconds, the log goes on in a thread. The app waits for this before it takes requests:
+        a burst arriving while the child still imports would fill the capacity and drop rows."""
+        if self._fallback is not None or self._proc is None:
+            return self._fallback is not None
+        deadline = time.monotonic() + timeout
+        while not self._child_counts()["ready"]:
+            if not self._proc.is_alive() or time.monotonic() > deadline:
+                how = f"exit code {self._proc.exitcode}" if not self._proc.is_alive() else \
+                    f"not started within {timeout:.0f}s"
+                self._stop.set()  # the pump hands over to the fallback below, once
+                if self._pump_thread is not None:
+                    self._pump_thread.join(5.0)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                self._child_died(how, unsent=[])
+                return False
+            time.sleep(0.02)
+        log.info("prediction log: writer process %d ready", self._proc.pid)
+        return True
 
     # ------------------------------------------------------------------ what it did
 

@@ -108,3 +108,25 @@ def test_monitoring_benchmark_smoke_run(tmp_path):
     serving = results["serving"]
     assert serving["p99_off_ms"] > 0 and serving["p99_log_ms"] > 0 and serving["p99_on_ms"] > 0, serving
     assert serving["p99_thread_ms"] > 0 and serving["log_written"] > 0 and serving["log_pending"] == 0, serving
+
+
+@pytest.mark.timeout(600)
+def test_feature_scale_benchmark_smoke_run(tmp_path):
+    """``bench/feature_scale.py --smoke``: sources of two sizes, ``fti features run`` with the local and the
+    memory engine into a throwaway PostgreSQL, a bare COPY of the same rows. Checks every number was
+    measured and the engines' checksums agree; asserts no timing."""
+    out_json = tmp_path / "feature_scale.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
+    res = subprocess.run([sys.executable, "-m", "bench.feature_scale", "--smoke", "--workdir", str(tmp_path / "work"),
+                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
+    results = json.loads(out_json.read_text())
+    assert results["mode"] == "smoke" and results["checksums_equal"] is True
+    assert [s["rows"] for s in results["sizes"]] == sorted(s["rows"] for s in results["sizes"])
+    for size in results["sizes"]:
+        assert {j["engine"] for j in size["jobs"]} == {"local", "memory"}, size
+        for job in size["jobs"]:
+            assert job["rows"] == size["rows"] and job["seconds"] > 0 and job["peak_rss_mib"] > 0, job
+            assert job["details"].get("engine", {"name": "memory"})["name"] in ("local", "memory"), job
+        assert size["copy"]["rows"] == size["rows"] and size["copy"]["rows_per_s"] > 0, size
+    assert results["linearity"] > 0

@@ -186,3 +186,41 @@ def test_a_server_that_vanishes_still_gets_the_rows_it_handed_over_written(claim
     writer._conn.close()
     writer._proc.join(30)
     assert writer._proc.exitcode == 0 and len(_stored(engine)) == 12
+
+
+def test_a_burst_while_the_child_starts_is_bounded_by_the_server_not_dropped_by_the_child(
+        claims: dict[str, Any], engine: Engine) -> None:
+    """Rows in a pipe write that blocks (the child still importing, or busy) count against the capacity: the
+    server blocks or drops, counted; the child never has more than it can hold, so it drops nothing."""
+    writer = ProcessLogWriter(engine, claims["spec"], max_queue=4000, batch_size=50, flush_interval=0.005,
+                              block_seconds=0.05).start()  # no table yet: the child holds what it gets
+    reqs = Requests(claims["spec"], claims["records"])
+    # 12,000 rows (~5 MB of frames: more than the pipe holds) at once, three times the capacity
+    dropped = sum(reqs.send(writer, 200) for _ in range(60))
+    _wait(lambda: writer._child_counts()["received"] == 12000 - dropped, what="the child got the accepted rows")
+    time.sleep(0.3)
+    assert writer._child_counts()["dropped"] == 0
+    ft.upgrade(engine)
+    _wait(lambda: writer.stats()["written"] == 12000 - dropped, what="the accepted rows written")
+    stats = writer.close()
+    assert writer._child_counts()["dropped"] == 0 and dropped > 0
+    assert stats["dropped"] == dropped and stats["written"] == 12000 - dropped == stats["submitted"], stats
+    assert stats["pending"] == 0 and len(_stored(engine)) == 12000 - dropped
+
+
+def test_a_child_that_dies_before_it_is_ready_leaves_the_log_to_a_thread(claims: dict[str, Any],
+                                                                         engine: Engine) -> None:
+    ft.upgrade(engine)
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01).start()
+    reqs = Requests(claims["spec"], claims["records"])
+    reqs.send(writer, 3)  # handed over before the child was ready
+    os.kill(writer._proc.pid, signal.SIGKILL)
+    try:
+        assert writer.wait_ready(30) is False
+        assert writer.stats()["mode"] == "thread (fallback)" and "died" in writer.stats()["last_error"]
+        assert reqs.send(writer, 2) == 0
+        _wait(lambda: writer.stats()["written"] + writer.stats()["failed"] == 5, what="all 5 rows accounted")
+    finally:
+        stats = writer.close()
+    assert stats["written"] + stats["failed"] == 5 and stats["pending"] == 0, stats
+    assert stats["written"] >= 2  # the rows handed over after the fallback, at least
