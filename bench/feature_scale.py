@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.rows:
             spec_path, n = write_source(work / f"src-{target}", target, args.policyholders)
             jobs = []
-            for engine in (["local", "memory"] if n <= args.memory_max else ["local"]):
+            for engine in (["local", "memory"] if target <= args.memory_max else ["local"]):
                 url = create_database(server.url, f"fti_{engine}_{target}")
                 env = base_env(work / f"data-{engine}-{target}", os.environ.get("OMP_NUM_THREADS", "1"))
                 env["FTI_DATABASE_URL"] = url

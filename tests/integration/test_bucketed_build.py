@@ -139,7 +139,7 @@ def test_problems_are_the_in_memory_problems_with_the_same_source_lines(tmp_path
 def test_a_generated_source_of_200k_rows_gives_the_in_memory_checksum(tmp_path_factory: pytest.TempPathFactory
                                                                       ) -> None:
     folder = tmp_path_factory.mktemp("bucketed200k") / "spec"
-    spec_path = write_claims_spec(folder, n_policyholders=int(os.environ.get("FTI_TEST_BIG_POLICYHOLDERS", "17000")))
+    spec_path = write_claims_spec(folder, n_policyholders=int(os.environ.get("FTI_TEST_BIG_POLICYHOLDERS", "45000")))
     memory = _memory(spec_path)
     assert memory.manifest["row_count"] >= 200_000, memory.manifest["row_count"]
     for buckets in (1, 2, 7):

@@ -410,3 +410,58 @@ def test_pipeline_emits_no_deprecation_warnings(spec: Path, tmp_path: Path) -> N
             and Path(w.filename).resolve().is_relative_to(REPO)
             and ".venv" not in Path(w.filename).parts]
     assert not ours, "\n".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in ours)
+
+
+KILL_POINTS = {  # a line of the job's log -> kill it right there (the process, with SIGKILL)
+    "memory": ["read ", "computed ", "writing version"],
+    "local": ["partitioned ", "bucket 1/", "writing version"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["memory", "local"])
+def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_url: str, tmp_path: Path,
+                                                                          engine: str) -> None:
+    """``fti features run`` killed (SIGKILL) while reading, computing and writing: no version and no feature
+    row is left (the publish is one transaction), the local engine's working folder is cleaned by the next
+    run, and that run publishes the version a clean build gives."""
+    import os
+    import signal
+
+    spec = write_claims_spec(tmp_path / "killspec", n_policyholders=6000)
+    work = tmp_path / "work"
+    env = {**_env(tmp_path, store_url), "FTI_FEATURE_ENGINE": engine, "FTI_FEATURE_WORK_DIR": str(work),
+           "FTI_FEATURE_CHUNK_ROWS": "4000", "FTI_FEATURE_BUCKETS": "3", "FTI_LOG_LEVEL": "INFO"}
+    exe = Path(sys.executable).parent / "fti"
+    for marker in KILL_POINTS[engine]:
+        proc = subprocess.Popen([str(exe), "features", "run", "--spec", str(spec)], env=env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seen: list[str] = []
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                seen.append(line)
+                if marker in line:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+        finally:
+            if proc.poll() is None and not any(marker in s for s in seen):
+                proc.kill()
+            proc.wait(timeout=CLI_TIMEOUT)
+        assert proc.returncode == -signal.SIGKILL, (marker, "".join(seen)[-3000:])
+        assert _counts(store_url) == (0, 0), f"killed at {marker!r}: a partial version is left"
+    if engine == "local":
+        assert list(work.glob("fti-buckets-*")), "the killed runs' folders are there before the next run"
+    res = _cli(["features", "run", "--spec", str(spec)], env)
+    assert res.returncode == 0, _explain(res)
+    assert _run_line(res.stdout) == (1, "created")
+    assert not list(work.glob("fti-buckets-*")), "the next run removed the killed runs' folders and its own"
+    (version,) = _versions(store_url)
+    n, checksum, hashed = _stored(store_url, 1)
+    assert n == hashed == version["row_count"] and checksum == version["checksum"]
+    from feature_pipeline import featureset
+    from feature_pipeline.extract import extract
+    from shared.spec import load_spec
+
+    loaded = load_spec(spec)
+    assert checksum == featureset.build(loaded, extract(loaded)).checksum
