@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from feature_pipeline.extract import SourceError, file_location, read_csv_chunks, read_parquet_chunks, source_sha256
-from feature_pipeline.featureset import StrictSchemaError, _problem, make_manifest, rows_before_cutoff
+from feature_pipeline.featureset import _problem, ignored_columns, make_manifest, rows_before_cutoff
 from shared import feature_table as ft
 from shared.features import compute_batch
 from shared.raw import MAX_ROWS_LISTED, Problem, Problems, RawDataError, check_unique, normalize_frame
@@ -131,13 +131,7 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
             log.info("partitioned %d rows into %d bucket(s) (%.0f rows/s)", source_rows, buckets, rate)
         if source_rows == 0 and not problems:
             _gather(problems, _empty_problems(), 0)
-        warnings: list[str] = []
-        if extra:
-            msg = f"source columns not in the spec are ignored: {', '.join(extra[:20])}"
-            if strict:
-                raise StrictSchemaError(msg + " (--strict)")
-            warnings.append(msg)
-            log.warning(msg)
+        warnings = ignored_columns(extra, strict=strict)
         if problems:
             raise RawDataError(_merged_problems(problems, _order(samples, spec)), row_label=row_label,
                                row_base=row_base, context=f"source {where}")

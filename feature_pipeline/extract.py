@@ -11,6 +11,7 @@ rebuilds a recorded feature version from its source, and calls this module from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def read_csv_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[int, pd.DataF
     if path.stat().st_size == 0:
         raise SourceError(f"{path} is empty (0 bytes): expected a header line and rows")
     offset = 0
-    try:
+    with _csv_errors(path):
         reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig",
                              chunksize=chunk_rows)
         with reader:
@@ -93,6 +94,13 @@ def read_csv_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[int, pd.DataF
                 offset += len(chunk)
         if offset == 0:
             yield 0, pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig", nrows=0)
+
+
+@contextlib.contextmanager
+def _csv_errors(path: Path) -> Iterator[None]:
+    """pandas' CSV errors as :class:`SourceError`, saying what is wrong with the file."""
+    try:
+        yield
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                           "re-save it as UTF-8") from exc
@@ -124,15 +132,8 @@ def read_parquet_chunks(path: Path, chunk_rows: int) -> Iterator[tuple[int, pd.D
 def _read_csv(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise SourceError(f"{path} is empty (0 bytes): expected a header line and rows")
-    try:
+    with _csv_errors(path):
         return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                          "re-save it as UTF-8") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise SourceError(f"{path} has no header line and no rows") from exc
-    except pd.errors.ParserError as exc:
-        raise SourceError(f"{path} is not a well-formed CSV file: {exc}") from exc
 
 
 def _read_sql(loaded: LoadedSpec) -> Extracted:

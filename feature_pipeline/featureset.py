@@ -74,12 +74,7 @@ def build(loaded: LoadedSpec, src: Extracted, *, as_of: pd.Timestamp | None = No
     spec = loaded.spec
     warnings: list[str] = []
     frame, problems, extra = normalize_frame(src.frame, spec)
-    if extra:
-        msg = f"source columns not in the spec are ignored: {', '.join(extra[:20])}"
-        if strict:
-            raise StrictSchemaError(msg + " (--strict)")
-        warnings.append(msg)
-        log.warning(msg)
+    warnings += ignored_columns(extra, strict=strict)
     if problems:
         raise RawDataError(problems.items, row_label=src.row_label, row_base=src.row_base,
                            context=f"source {src.location}")
@@ -137,6 +132,17 @@ def build(loaded: LoadedSpec, src: Extracted, *, as_of: pd.Timestamp | None = No
     rows = [{"record_id": r, "entity_key": e, "event_time": t, "payload": p}
             for r, e, t, p in zip(rids, ents, event_times, payloads, strict=True)]
     return Built(manifest, rows, warnings, stats)
+
+
+def ignored_columns(extra: list[str], *, strict: bool) -> list[str]:
+    """The warning for source columns the spec does not declare (an error with ``--strict``)."""
+    if not extra:
+        return []
+    msg = f"source columns not in the spec are ignored: {', '.join(extra[:20])}"
+    if strict:
+        raise StrictSchemaError(msg + " (--strict)")
+    log.warning(msg)
+    return [msg]
 
 
 def rows_before_cutoff(frame: pd.DataFrame, spec: DatasetSpec, as_of: pd.Timestamp) -> tuple[pd.Series, pd.Series]:

@@ -51,7 +51,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from inference_service.log_rows import RequestChunk, epoch_micros
-from inference_service.prediction_log import PredictionLogWriter
+from inference_service.prediction_log import PredictionLogWriter, log_closed
 from shared.cpu_priority import lower_cpu_priority
 from shared.spec import DatasetSpec
 
@@ -364,13 +364,7 @@ class ProcessLogWriter:
                 self._conn.close()
         if self._fallback is not None:
             self._fallback.close(timeout)
-        stats = self.stats()
-        bad = stats["dropped"] or stats["failed"] or stats["lost_on_shutdown"] or stats["pending"]
-        log.log(logging.ERROR if bad else logging.INFO,
-                "prediction log closed: %d row(s) written in %d batch(es), %d dropped, %d rejected by the "
-                "database, %d lost at shutdown, %d not written", stats["written"], stats["batches"],
-                stats["dropped"], stats["failed"], stats["lost_on_shutdown"], stats["pending"])
-        return stats
+        return log_closed(self.stats(), log)
 
 
 def _absolute_url(engine: Engine) -> str:

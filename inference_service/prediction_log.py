@@ -92,6 +92,16 @@ class _Remaining(Exception):
         self.cause = cause
 
 
+def log_closed(stats: dict[str, Any], logger: logging.Logger = log) -> dict[str, Any]:
+    """Say what a closed log wrote and did not (an error if anything was not written); returns ``stats``."""
+    bad = stats["dropped"] or stats["failed"] or stats["lost_on_shutdown"] or stats["pending"]
+    logger.log(logging.ERROR if bad else logging.INFO,
+               "prediction log closed: %d row(s) written in %d batch(es), %d dropped, %d rejected by the "
+               "database, %d lost at shutdown, %d not written", stats["written"], stats["batches"],
+               stats["dropped"], stats["failed"], stats["lost_on_shutdown"], stats["pending"])
+    return stats
+
+
 class PredictionLog(Protocol):
     """What the app and the routes use of a prediction log: the thread writer below, or the writer process
     (:class:`inference_service.log_process.ProcessLogWriter`)."""
@@ -213,13 +223,7 @@ class PredictionLogWriter:
             if self._thread.is_alive():
                 log.error("prediction log writer did not finish within %.0fs; %d accepted row(s) not written",
                           timeout, self.stats()["pending"])
-        stats = self.stats()
-        bad = stats["dropped"] or stats["failed"] or stats["lost_on_shutdown"] or stats["pending"]
-        log.log(logging.ERROR if bad else logging.INFO,
-                "prediction log closed: %d row(s) written in %d batch(es), %d dropped, %d rejected by the "
-                "database, %d lost at shutdown, %d not written", stats["written"], stats["batches"],
-                stats["dropped"], stats["failed"], stats["lost_on_shutdown"], stats["pending"])
-        return stats
+        return log_closed(self.stats())
 
     def _count(self, key: str, n: int) -> int:
         with self._cond:
