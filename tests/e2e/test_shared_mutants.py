@@ -1,8 +1,11 @@
 """Mutation test: the certificate covers the shared code, not a sample of it.
 
 Each mutant is a one-line change of ``shared`` on a different branch (a missing value, the
-missing-category marker, a bound, a window edge, a same-time event, an empty history, rounding,
-a late arrival, a bool, a missing flag, days since the last event, an aggregate). A real
+missing-category marker, a bound, a window edge, a same-time event, an exact sum, an empty history,
+rounding, a late arrival, a bool, a missing flag, days since the last event, an aggregate). History
+aggregates have two paths: every row at once (``shared/history_fast.py``), and the per-row rules for
+rows with a late-known event in their window; the mutants sit where the certificate's rows run. That
+the two paths agree bit for bit is ``tests/unit/shared/test_history_fast.py``'s job. A real
 ``fti serve`` process imports the mutated copy (``PYTHONPATH``) and must refuse the demo model
 at load:
 
@@ -32,10 +35,12 @@ MUTANTS = [
      'MISSING_CATEGORY = "__none__"'),
     ("lower bound inclusive", "raw.py", "low = np.flatnonzero(values < col.min)",
      "low = np.flatnonzero(values <= col.min)"),
-    ("window edge", "transformers.py", "times, q_t[i] - int(round(float(window) * _US_PER_DAY)), side=\"left\"))",
-     "times, q_t[i] - int(round(float(window) * _US_PER_DAY)), side=\"right\"))"),
-    ("same-time events", "transformers.py", 'hi = int(np.searchsorted(times, q_t[i], side="left"))',
-     'hi = int(np.searchsorted(times, q_t[i], side="right"))'),
+    ("window edge", "history_fast.py", 'np.searchsorted(e_key, safe_code * width + rank, side="left")',
+     'np.searchsorted(e_key, safe_code * width + rank, side="right")'),
+    ("same-time events", "history_fast.py", 'hi = np.searchsorted(e_key, safe_code * width + q_rank, side="left")',
+     'hi = np.searchsorted(e_key, safe_code * width + q_rank, side="right")'),
+    ("exact window sums", "history_fast.py", "(prefix[h] - prefix[lo_]) / _SCALE",
+     "float((prefix[h] - prefix[lo_]) >> 1074)"),
     ("empty history sum", "transformers.py", 'return 0.0 if op == "sum" else math.nan', "return math.nan"),
     ("rounding of log1p", "transformers.py", "np.log1p(np.where(a > -1, a, 0.0))",
      "np.log(1.0 + np.where(a > -1, a, 0.0))"),
