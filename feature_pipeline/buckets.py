@@ -284,10 +284,8 @@ def _hash_bucket(values: pd.Series, buckets: int) -> np.ndarray:
 class _Partition:
     def __init__(self, folder: Path, buckets: int):
         self.folder, self.buckets = folder, buckets
-        self.parts = 0
 
     def write(self, frame: pd.DataFrame, spec: Any) -> None:
-        self.parts += 1
         key_cols = [c for c in (spec.record_id, spec.event_time, spec.source.ingestion_time) if c] + ["__row"]
         for kind, by, data in (("e", spec.entity_key, frame), ("r", spec.record_id, frame[key_cols])):
             bucket = _hash_bucket(frame[by], self.buckets)

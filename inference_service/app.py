@@ -68,10 +68,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
             writer = ProcessLogWriter(engine, spec, max_queue=settings.prediction_log_queue,
                                       flush_interval=settings.prediction_log_flush_seconds,
                                       nice=settings.prediction_log_nice, sched_idle=settings.prediction_log_sched_idle,
-                                      fallback_factory=lambda: PredictionLogWriter(
-                                          engine, max_queue=settings.prediction_log_queue,
-                                          flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot,
-                                          spec=spec))
+                                      cpu_slot=cpu_slot)
         elif settings.prediction_log:
             writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
                                          flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot,

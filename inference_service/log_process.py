@@ -50,6 +50,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from inference_service.cpu_slot import CpuSlot
 from inference_service.log_rows import RequestChunk, epoch_micros
 from inference_service.prediction_log import PredictionLogWriter, log_closed
 from shared.cpu_priority import lower_cpu_priority
@@ -84,7 +85,7 @@ class ProcessLogWriter:
 
     def __init__(self, engine: Engine, spec: DatasetSpec, *, max_queue: int = 50_000, batch_size: int = 500,
                  flush_interval: float = 0.02, block_seconds: float = 0.5, nice: int = 10, sched_idle: bool = True,
-                 fallback_factory: Any = None):
+                 cpu_slot: CpuSlot | None = None):
         self.engine = engine
         self.spec = spec
         self.capacity = max_queue
@@ -94,9 +95,7 @@ class ProcessLogWriter:
         self.nice = nice
         self.sched_idle = sched_idle
         self.store_check: Any = None  # the app sets it; used by the fallback (the child keeps its own)
-        self._fallback_factory = fallback_factory or (lambda: PredictionLogWriter(
-            engine, max_queue=max_queue, batch_size=batch_size, flush_interval=flush_interval,
-            block_seconds=block_seconds, spec=spec))
+        self.cpu_slot = cpu_slot  # the fallback thread's
         self._cond = threading.Condition()
         self._parts: list[bytes] = []  # frames not yet sent, as pieces
         self._part_rows: list[int] = []  # rows of each frame in _parts (4 pieces a frame)
@@ -194,8 +193,13 @@ class ProcessLogWriter:
         return fallback.log_request(n, request_body, response_body, request_id, now, threshold)
 
     def _child_done(self) -> int:
-        c = self._child_counts()
-        return c["written"] + c["failed"] + c["lost_on_shutdown"] + c["dropped"]
+        """Rows the child finished with (on every request: four reads of shared memory, no dict)."""
+        if self._child_final is not None or self._shared is None:
+            c = self._child_counts()
+            return c["written"] + c["failed"] + c["lost_on_shutdown"] + c["dropped"]
+        shared = self._shared
+        return int(shared[_I["written"]] + shared[_I["failed"]] + shared[_I["lost_on_shutdown"]]
+                   + shared[_I["dropped"]])
 
     def _outstanding(self) -> int:
         return self._queued + self._sent - self._child_done()
@@ -259,7 +263,9 @@ class ProcessLogWriter:
 
     def _use_fallback(self, unsent: list[bytes]) -> None:
         """Frames taken from the buffer but not sent, and those still buffered, go to the thread writer."""
-        fallback = self._fallback_factory()
+        fallback = PredictionLogWriter(self.engine, max_queue=self.capacity, batch_size=self.batch_size,
+                                       flush_interval=self.flush_interval, block_seconds=self.block_seconds,
+                                       cpu_slot=self.cpu_slot, spec=self.spec)  # the same settings, in a thread
         fallback.store_check = self.store_check
         fallback.start()
         with self._cond:

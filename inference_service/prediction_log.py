@@ -55,6 +55,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from inference_service.cpu_slot import CpuSlot
+from inference_service.log_rows import RequestChunk, epoch_micros
 from shared.prediction_table import COLUMNS, predictions
 from shared.spec import DatasetSpec
 
@@ -156,8 +157,6 @@ class PredictionLogWriter:
     def log_request(self, n: int, request_body: bytes, response_body: bytes, request_id: str, now: datetime,
                     threshold: float | None) -> int:
         """One ``/predict`` request's ``n`` rows, built later from its bytes; returns how many were dropped."""
-        from inference_service.log_rows import RequestChunk, epoch_micros
-
         if self.spec is None:
             raise RuntimeError("this writer was made without the dataset spec its requests need")
         chunk = RequestChunk(self.spec, n, request_body, response_body, request_id, epoch_micros(now), threshold)

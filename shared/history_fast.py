@@ -87,7 +87,7 @@ def fast_history(aggs: list[dict[str, Any]], q_ent: np.ndarray, q_t: np.ndarray,
 
     slow = np.zeros(n, dtype=bool)
     if e_known is not None and known_at is not None:
-        slow |= _late_in_window(e_t_s, e_known, known_at, lo_for, hi)
+        slow |= _late_in_window(e_known, known_at, lo_for, hi)
 
     for a in aggs:
         lo = lo_for[float(a["window_days"]) if a.get("window_days") else None]
@@ -138,7 +138,7 @@ def _extreme(col: np.ndarray, vals: np.ndarray, lo: np.ndarray, hi: np.ndarray, 
     col[idx] = reduced
 
 
-def _late_in_window(e_t_s: np.ndarray, e_known: np.ndarray, known_at: np.ndarray,
+def _late_in_window(e_known: np.ndarray, known_at: np.ndarray,
                     lo_for: dict[float | None, np.ndarray], hi: np.ndarray) -> np.ndarray:
     """Rows whose widest window holds an event not yet known at the row's known-at time: the latest
     known-time over each window (``maximum.reduceat``) is after the row's known-at time."""
