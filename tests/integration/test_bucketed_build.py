@@ -159,3 +159,13 @@ def test_features_run_with_the_local_engine_publishes_the_in_memory_version(demo
     assert "feature version 1" in memory.stdout and "unchanged (identical content already published)" in memory.stdout
     shown = run_fti(["features", "show", "--spec", str(demo), "--verify"], env)
     assert shown.returncode == 0 and '"engine"' in shown.stdout, shown.stdout[-2000:]
+
+
+def test_a_second_dataset_brought_by_spec_gives_the_in_memory_rows(tmp_path: Path) -> None:
+    """The churn dataset (``tests/data/churn``: another domain, one row per customer) in chunks of 97 rows."""
+    from tests.helpers import REPO
+
+    spec_path = REPO / "tests" / "data" / "churn" / "spec.yaml"
+    memory = _memory(spec_path)
+    for buckets in (1, 2, 7):
+        _assert_same(memory, _local(spec_path, tmp_path / "work", buckets, chunk_rows=97), buckets)
