@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
         writer: PredictionLog | None = None
         if settings.prediction_log and settings.prediction_log_process:
             writer = ProcessLogWriter(engine, spec, max_queue=settings.prediction_log_queue,
-                                      flush_interval=settings.prediction_log_flush_seconds,
+                                      flush_interval=settings.prediction_log_process_flush_seconds,
                                       nice=settings.prediction_log_nice, sched_idle=settings.prediction_log_sched_idle,
                                       cpu_slot=cpu_slot)
         elif settings.prediction_log:

@@ -108,7 +108,14 @@ class Settings(MlflowSettings):
     prediction_log_flush_seconds: float = Field(default=0.02, gt=0, le=60, description="a batch of the log is "
                                                 "written when it has 500 rows or this long after its first row; "
                                                 "short, so that each batch holds the interpreter briefly (0.2 s "
-                                                "batches tripled /predict p99 at c=8: docs/monitoring.md)")
+                                                "batches tripled /predict p99 at c=8: docs/monitoring.md); the "
+                                                "log's thread writer only (FTI_PREDICTION_LOG_PROCESS=false)")
+    prediction_log_process_flush_seconds: float = Field(default=0.25, gt=0, le=60, description="the writer "
+                                                        "process's batches: the server hands its buffered "
+                                                        "requests to the process, and the process writes a batch, "
+                                                        "this long after their first row (or at 500 rows); long, "
+                                                        "because a batch costs serving nothing there and each "
+                                                        "wake-up and transaction costs CPU (docs/benchmarks.md)")
 
     @property
     def cache_dir(self) -> Path:

@@ -173,11 +173,12 @@ def test_unknown_prediction_id_is_a_404_error(trained, server):
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("flush_seconds", ["0.2", "60"], ids=["default-flush", "all-still-queued-at-sigterm"])
+@pytest.mark.parametrize("flush_seconds", ["0.25", "60"], ids=["default-flush", "all-still-queued-at-sigterm"])
 def test_sigterm_under_load_loses_no_prediction(trained, tmp_path, flush_seconds):
     # With a 60 s flush interval nothing reaches the database before SIGTERM (batches are 500 rows, the
     # load stops after ~400): every logged row is written by the flush at shutdown.
-    env = {**trained["env"], "FTI_PREDICTION_LOG_FLUSH_SECONDS": flush_seconds}
+    env = {**trained["env"], "FTI_PREDICTION_LOG_FLUSH_SECONDS": flush_seconds,
+           "FTI_PREDICTION_LOG_PROCESS_FLUSH_SECONDS": flush_seconds}
     srv = Server(trained["spec_path"], env, tmp_path / "server.log")
     records = trained["records"]
     got: list[tuple[float, str, dict]] = []  # (time answered, prediction id, prediction)
