@@ -53,9 +53,17 @@ def model_versions(engine: Engine, model_name: str) -> list[str]:
     """Versions of ``model_name`` that answered logged predictions, oldest first."""
     ft.check_schema(engine, minimum=PREDICTION_LOG_REVISION)
     t = predictions
+    named = t.c.model_name == model_name
+    rows: list[tuple[str, Any]] = []
+    # One index seek per version (a skip scan on (model_name, model_version, created_at)) instead of a
+    # GROUP BY that reads the whole log: the monitor service asks on every pass.
     with engine.connect() as conn:
-        rows = conn.execute(select(t.c.model_version, func.min(t.c.created_at)).where(t.c.model_name == model_name)
-                            .group_by(t.c.model_version)).all()
+        version = conn.execute(select(func.min(t.c.model_version)).where(named)).scalar()
+        while version is not None:
+            first = conn.execute(select(func.min(t.c.created_at)).where(named, t.c.model_version == version)).scalar()
+            rows.append((version, first))
+            version = conn.execute(select(func.min(t.c.model_version)).where(named, t.c.model_version > version)
+                                   ).scalar()
     return [str(v) for v, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
 

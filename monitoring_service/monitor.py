@@ -18,7 +18,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +54,35 @@ class Reference:
         return self.tags.get(Tag.POSITIVE_CLASS)
 
 
+_REFERENCES: dict[tuple[Any, ...], Reference] = {}  # verified profiles, by version and artifact digest
+_REFERENCES_MAX = 16
+
+
 def fetch_reference(client: Any, name: str, version: str, tracking_uri: str | None = None) -> Reference:
-    """A model version's reference profile, from its verified model directory."""
+    """A model version's reference profile, from its verified model directory.
+
+    Kept in memory by (registry, name, version, artifact digest) once verified: the monitor service asks
+    on every pass, and downloading a model's files each time was most of a pass's fixed cost. A version
+    whose digest tag changes is fetched and verified again; the tags returned are always the current ones."""
+    mv = client.get_model_version(name, version)
+    tags = dict(mv.tags or {})
+    key = (tracking_uri, getattr(client, "_registry_uri", None), name, str(version), tags.get(Tag.ARTIFACT_SHA256))
+    if key[-1] and key in _REFERENCES:
+        return replace(_REFERENCES[key], tags=tags)
+    ref = _download_reference(client, name, version, tracking_uri, tags)
+    if key[-1]:
+        if len(_REFERENCES) >= _REFERENCES_MAX:
+            _REFERENCES.pop(next(iter(_REFERENCES)))
+        _REFERENCES[key] = ref
+    return ref
+
+
+def _download_reference(client: Any, name: str, version: str, tracking_uri: str | None,
+                        tags: dict[str, str]) -> Reference:
     import mlflow.artifacts
 
     from shared.model_file import artifact_digest
 
-    mv = client.get_model_version(name, version)
-    tags = dict(mv.tags or {})
     with tempfile.TemporaryDirectory(prefix="fti-monitor-") as tmp:
         uri = client.get_model_version_download_uri(name, version)
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,

@@ -309,3 +309,68 @@ def test_monitor_service_probes_metrics_and_reports(served: dict[str, Any], tmp_
         html = client.get(f"/reports/{rid}.html")
         assert html.status_code == 200 and "<svg" in html.text
         assert client.get("/reports/" + "0" * 32).status_code == 404
+
+
+def test_versions_are_found_by_index_seeks_in_first_logged_order(tmp_path: Path) -> None:
+    """``model_versions`` walks the versions one index seek at a time; the order is by first prediction,
+    not by name ("10" answered before "2" here), and other models' rows are not counted."""
+    from datetime import datetime
+
+    from sqlalchemy import insert
+
+    from monitoring_service import log_reader as lr
+    from shared import feature_table as ft
+    from shared.db import make_engine
+    from shared.prediction_table import predictions
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        ft.upgrade(engine)
+        t0 = datetime(2026, 1, 1)
+        rows = [("m", "1", 0), ("m", "10", 5), ("m", "2", 9), ("m", "1", 20), ("other", "0", 1), ("m", "10", 30)]
+        with engine.begin() as conn:
+            conn.execute(insert(predictions), [
+                {"prediction_id": f"{i:032x}", "request_id": "r", "created_at": t0 + timedelta(seconds=s),
+                 "dataset": "d", "model_name": m, "model_version": v, "feature_version": 1, "record_id": str(i),
+                 "entity_key": "e", "event_time": None, "inputs": "{}", "outputs": "{}"}
+                for i, (m, v, s) in enumerate(rows)])
+        assert lr.model_versions(engine, "m") == ["1", "10", "2"]
+        assert lr.model_versions(engine, "other") == ["0"]
+        assert lr.model_versions(engine, "none") == []
+    finally:
+        engine.dispose()
+
+
+def test_the_reference_is_verified_once_per_digest(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor service asks for the reference on every pass: it is downloaded and verified once, and
+    again whenever the version's digest tag changes (here to a wrong one: refused)."""
+    from mlflow import MlflowClient
+
+    from monitoring_service import monitor
+    from shared.registry_contract import Tag
+
+    downloads: list[str] = []
+    real = monitor._download_reference
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        downloads.append(args[2])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(monitor, "_download_reference", counted)
+    monkeypatch.setattr(monitor, "_REFERENCES", {})
+    with mlflow_uris_restored():
+        client = MlflowClient(served["uri"], served["uri"])
+        name = served["loaded"].spec.model.name
+        version = client.get_model_version_by_alias(name, "champion").version
+        first = monitor.fetch_reference(client, name, version, served["uri"])
+        again = monitor.fetch_reference(client, name, version, served["uri"])
+        assert downloads == [version] and again.profile is first.profile and again.tags == first.tags
+        digest = client.get_model_version(name, version).tags[Tag.ARTIFACT_SHA256]
+        client.set_model_version_tag(name, version, Tag.ARTIFACT_SHA256, "0" * 64)
+        try:
+            with pytest.raises(monitor.MonitorError, match="do not match"):
+                monitor.fetch_reference(client, name, version, served["uri"])
+        finally:
+            client.set_model_version_tag(name, version, Tag.ARTIFACT_SHA256, digest)
+        assert monitor.fetch_reference(client, name, version, served["uri"]).profile is first.profile
+        assert downloads == [version, version]
