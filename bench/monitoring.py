@@ -14,7 +14,10 @@
    *off* = ``FTI_PREDICTION_LOG=false`` and no monitor; *thread* = the log written from a thread of the server
    (``FTI_PREDICTION_LOG_PROCESS=false``); *log* = the log on (its writer process), no monitor; *on* = the log on
    and ``fti monitor serve`` beside the server (what compose runs; its default priority: niceness 10 and
-   ``SCHED_IDLE``), a pass every second over the growing log. p99 medians and ratios.
+   ``SCHED_IDLE``), a pass every ``--monitor-interval`` seconds (10; the service's default is 60, so every
+   round holds passes over the rows it logged); *stress* = the same with a pass every second, where a
+   pass's fixed cost is paid 60 times as often as by default. p99 medians and ratios; the monitor's CPU
+   seconds in each round (it and its worker processes).
 
 Writes ``bench/results/monitoring.json`` and the ``monitoring-bench`` section of ``docs/benchmarks.md``.
 """
@@ -49,8 +52,9 @@ from bench.serving import (
 )
 
 # log off / the log written from a thread of the server (FTI_PREDICTION_LOG_PROCESS=false) / the log on (its
-# writer process: the default) / the log on and `fti monitor serve` beside the server
-MODES = ("off", "thread", "log", "on")
+# writer process: the default) / the log on and `fti monitor serve` beside the server, at --monitor-interval /
+# the same, a pass every second
+MODES = ("off", "thread", "log", "on", "stress")
 MARK_BEGIN, MARK_END = "<!-- monitoring-bench:begin -->", "<!-- monitoring-bench:end -->"
 
 
@@ -148,15 +152,16 @@ def monitor_pass(spec_path: Path, env: dict[str, str], out: Path, log_path: Path
 
 
 class MonitorService:
-    """``fti monitor serve`` (what compose runs) on the bench's store, a pass every second, until stopped:
-    each pass reads the log, reports the windows the load added, applies the retraining policy."""
+    """``fti monitor serve`` (what compose runs) on the bench's store, a pass every ``interval`` seconds,
+    until stopped: each pass reads the log, reports the windows the load added, applies the retraining
+    policy."""
 
-    def __init__(self, spec_path: Path, env: dict[str, str], reports: Path, log_path: Path):
+    def __init__(self, spec_path: Path, env: dict[str, str], reports: Path, log_path: Path, interval: float):
         from bench.servers import free_port
 
         self.port = free_port()
         self.argv = [str(VENV_BIN / "fti"), "monitor", "serve", "--spec", str(spec_path), "--port", str(self.port)]
-        self.env = dict(env, FTI_MONITOR_INTERVAL_SECONDS="1", FTI_REPORTS_DIR=str(reports))
+        self.env = dict(env, FTI_MONITOR_INTERVAL_SECONDS=str(interval), FTI_REPORTS_DIR=str(reports))
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -178,6 +183,11 @@ class MonitorService:
             time.sleep(0.5)
         return self
 
+    def cpu_seconds(self) -> float:
+        from bench.servers import tree_cpu_seconds
+
+        return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -185,7 +195,7 @@ class MonitorService:
 
 
 def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], work: Path, *, rounds: int,
-                   duration: int, body: Path) -> list[dict[str, Any]]:
+                   duration: int, body: Path, monitor_interval: float) -> list[dict[str, Any]]:
     runs = []
     for r in range(rounds):
         for mode in (MODES if r % 2 == 0 else MODES[::-1]):
@@ -200,18 +210,21 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
 
                 wait_online_fast(server)
                 loadgen.run_wrk(f"{server.url}/predict", body, connections=8, threads=2, duration_s=2, timeout_s=30)
-                loop = MonitorService(spec_path, env, work / "reports-loop", work / "logs" / "monitor-serve.log") \
-                    if mode == "on" else None
+                loop = MonitorService(spec_path, env, work / "reports-loop", work / "logs" / "monitor-serve.log",
+                                      monitor_interval if mode == "on" else 1.0) if mode in ("on", "stress") else None
                 passes0 = loop.__enter__().passes() if loop is not None else 0
+                cpu0 = loop.cpu_seconds() if loop is not None else 0.0
                 try:
                     load0 = os.getloadavg()[0]
                     res = loadgen.run_wrk(f"{server.url}/predict", body, connections=8, threads=2,
                                           duration_s=duration, timeout_s=30, log_path=work / "logs" / "wrk.log")
                     passes = loop.passes() - passes0 if loop is not None else 0
+                    cpu = loop.cpu_seconds() - cpu0 if loop is not None else 0.0
                 finally:
                     if loop is not None:
                         loop.__exit__(None, None, None)
                 res.update(round=r, mode=mode, load_avg_1m=[load0, os.getloadavg()[0]], monitor_passes=passes,
+                           monitor_cpu_seconds=round(cpu, 2),
                            prediction_log=log_drained(server.url) if mode != "off" else None)
                 log(f"round {r + 1} {mode:<6} {res['req_per_s']:8.1f} req/s  p50 {res['latency_ms']['p50']:6.2f} ms  "
                     f"p99 {res['latency_ms']['p99']:6.2f} ms  non-2xx {res['non_2xx']}  log {res['prediction_log']}")
@@ -254,14 +267,18 @@ def markdown(result: dict[str, Any]) -> str:
              f"| {s['p99_thread_ms']:.2f} ms (x{s['p99_thread_ratio']:.3f}) | |",
              f"| ... log on (its writer process, the default), no monitor | {s['p99_log_ms']:.2f} ms "
              f"(x{s['p99_log_ratio']:.3f}) | |",
-             f"| ... log on and `fti monitor serve` (a pass every second) | {s['p99_on_ms']:.2f} ms | |",
+             f"| ... log on and `fti monitor serve`, a pass every {s['monitor_interval']:g} s | {s['p99_on_ms']:.2f} ms "
+             "| |",
              f"| ... ratio on / off | {s['p99_ratio']:.3f} | <= 1.05 |",
+             f"| ... monitor passes / its CPU seconds per measured round (medians) | {s['monitor_passes']} / "
+             f"{s['monitor_cpu_seconds']} | |",
+             f"| ... stress: a pass every second | {s['p99_stress_ms']:.2f} ms (x{s['p99_stress_ratio']:.3f}); "
+             f"{s['stress_passes']} passes, {s['stress_cpu_seconds']} CPU s a round | |",
              f"| ... throughput on / off | {s['rps_ratio']:.3f} | |",
              f"| ... throughput: thread / off, log / off | {s['rps_thread'] / s['rps_off']:.3f}, "
              f"{s['rps_log'] / s['rps_off']:.3f} | |",
              f"| ... rows logged in the measured rounds / dropped / failed / not written | {s['log_written']:,} / "
-             f"{s['log_dropped']} / {s['log_failed']} / {s['log_pending']} | 0 lost |",
-             f"| ... monitor passes during the measured rounds (median) | {s['monitor_passes']} | |", "",
+             f"{s['log_dropped']} / {s['log_failed']} / {s['log_pending']} | 0 lost |", "",
              "Serving and the monitor share the machine's 2 cores here (and with `wrk`); in compose the "
              "monitor is its own container, which a real deployment places on other cores or hosts.",
              MARK_END]
@@ -273,13 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--policyholders", type=int, default=4000)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--duration", type=int, default=20)
+    p.add_argument("--monitor-interval", type=float, default=10.0,
+                   help="the 'on' mode's FTI_MONITOR_INTERVAL_SECONDS (the service's default: 60)")
     p.add_argument("--json", help="default: bench/results/monitoring.json (smoke: in the work folder)")
     p.add_argument("--workdir")
     p.add_argument("--smoke", action="store_true", help="tiny: a harness check, numbers mean nothing")
     args = p.parse_args(argv)
     if args.smoke:
         args.rows, args.policyholders, args.rounds, args.duration = min(args.rows, 12_000), 300, 1, 2
+        args.monitor_interval = 1.0
     work = Path(args.workdir) if args.workdir else TMP_DIR / f"monitoring-{int(time.time())}-{os.getpid()}"
     (work / "logs").mkdir(parents=True, exist_ok=True)
     env = base_env(work / "data", os.environ.get("OMP_NUM_THREADS", "1"))
@@ -308,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{mon['drifted_windows']} with drift")
     body = work / "single.json"
     body.write_text(json.dumps({"records": [records[0]]}))
-    runs = serving_rounds(spec_path, model, env, work, rounds=args.rounds, duration=args.duration, body=body)
+    runs = serving_rounds(spec_path, model, env, work, rounds=args.rounds, duration=args.duration, body=body,
+                          monitor_interval=args.monitor_interval)
     load.append(os.getloadavg()[0])
 
     def med(mode: str, key: str) -> float:
@@ -316,14 +337,22 @@ def main(argv: list[str] | None = None) -> int:
         return float(statistics.median(vals))
 
     logged = [r["prediction_log"] for r in runs if r["prediction_log"]]
+    def med_of(mode: str, key: str) -> float:
+        return float(statistics.median([r[key] for r in runs if r["mode"] == mode]))
+
     serving = {"p99_off_ms": med("off", "p99"), "p99_thread_ms": med("thread", "p99"), "p99_log_ms": med("log", "p99"),
-               "p99_on_ms": med("on", "p99"), "rps_off": med("off", "rps"), "rps_thread": med("thread", "rps"),
+               "p99_on_ms": med("on", "p99"), "p99_stress_ms": med("stress", "p99"),
+               "rps_off": med("off", "rps"), "rps_thread": med("thread", "rps"),
                "rps_log": med("log", "rps"), "rps_on": med("on", "rps"),
                **{f"log_{k}": sum(int(x[k] or 0) for x in logged) for k in ("written", "dropped", "failed", "pending")},
-               "monitor_passes": statistics.median([r["monitor_passes"] for r in runs if r["mode"] == "on"])}
+               "monitor_interval": args.monitor_interval, "monitor_passes": med_of("on", "monitor_passes"),
+               "monitor_cpu_seconds": med_of("on", "monitor_cpu_seconds"),
+               "stress_passes": med_of("stress", "monitor_passes"),
+               "stress_cpu_seconds": med_of("stress", "monitor_cpu_seconds")}
     serving["p99_log_ratio"] = serving["p99_log_ms"] / serving["p99_off_ms"]
     serving["p99_thread_ratio"] = serving["p99_thread_ms"] / serving["p99_off_ms"]
     serving["p99_ratio"] = serving["p99_on_ms"] / serving["p99_off_ms"]
+    serving["p99_stress_ratio"] = serving["p99_stress_ms"] / serving["p99_off_ms"]
     serving["rps_ratio"] = serving["rps_on"] / serving["rps_off"]
     result = {"started_at": started, "mode": "smoke" if args.smoke else "full", "rows": args.rows,
               "setup": setup, "fill": fill, "monitor": mon, "serving": serving, "runs": runs,

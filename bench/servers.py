@@ -294,6 +294,20 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its live descendants (``/proc/<pid>/stat``; children that
+    already exited and were reaped are counted in their parent's cutime/cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
 class TreeRss:
     """Samples a process tree's summed RSS every 0.2 s (the pass's worker processes included)."""
 

@@ -98,7 +98,7 @@ def test_monitoring_benchmark_smoke_run(tmp_path):
     assert mon["rows"] == results["rows"] and mon["windows"] > 0 and mon["new_reports"] == mon["windows"], mon
     assert mon["seconds"] > 0 and mon["peak_rss_mib"] >= mon["parent_peak_rss_mib"] > 0, mon
     modes = [r["mode"] for r in results["runs"]]
-    assert sorted(modes) == ["log", "off", "on", "thread"], modes
+    assert sorted(modes) == ["log", "off", "on", "stress", "thread"], modes
     for r in results["runs"]:
         assert r["requests"] > 0 and r["non_2xx"] == 0 and r["latency_ms"]["p99"] > 0, r
         if r["mode"] != "off":  # every answered prediction logged, by the writer the mode names
