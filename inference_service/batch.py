@@ -54,7 +54,7 @@ from inference_service.model_loader import LoadedModel, MlflowLoader, ModelLoadE
 from shared import batch_table as bt
 from shared import feature_table as ft
 from shared import model_ref
-from shared.db import IMMEDIATE, make_engine, redact
+from shared.db import IMMEDIATE, copy_rows, make_engine, redact
 from shared.model_ref import ModelRef, ModelRefError
 from shared.prediction_table import canonical_json, outputs
 from shared.spec import DatasetSpec, LoadedSpec
@@ -336,6 +336,7 @@ class _Job:
         q = (select(t.c.record_id, t.c.entity_key, t.c.event_time, t.c.payload)
              .where(t.c.dataset == spec.name, t.c.version == info.version).order_by(order))
         features_digest, batch_digest = bt.RowDigest(streamed), bt.RowDigest(streamed)
+        copy = dialect == "postgresql"
         done, total = 0, info.row_count
         timings = {"read_seconds": 0.0, "score_seconds": 0.0, "insert_seconds": 0.0}
         t_start = last = time.perf_counter()
@@ -358,7 +359,11 @@ class _Job:
                 out = self._rows(chunk, proba)
                 for row in out:
                     batch_digest.add(row["record_id"], bt.checksum_line(row))
-                conn.execute(insert(bt.batch_predictions), out)
+                if copy:  # PostgreSQL: COPY in the same transaction (batched INSERTs ran at a third of its rate)
+                    columns = tuple(out[0])
+                    copy_rows(conn, bt.batch_predictions.name, columns, ([row[c] for c in columns] for row in out))
+                else:
+                    conn.execute(insert(bt.batch_predictions), out)
                 now = time.perf_counter()
                 timings["read_seconds"] += t_score - t_read
                 timings["score_seconds"] += t_insert - t_score

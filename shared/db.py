@@ -8,6 +8,7 @@ pre-ping and a connect timeout, so a dead database fails fast with its name.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,19 @@ def _sqlite_transactions(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(IMMEDIATE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """``rows`` (tuples in ``columns``' order) through PostgreSQL's ``COPY ... FROM STDIN`` on ``conn``, in its
+    open transaction; returns how many. Why: batched ``INSERT``\\ s of the feature job's rows ran at a third
+    of ``COPY``'s rate (issue 14's measurements). psycopg formats each value with the dumpers it uses for
+    bound parameters, so the stored values are those the inserts stored (both jobs' checksums are read back
+    from the table in the PostgreSQL tests)."""
+    if conn.dialect.name != "postgresql":
+        raise ValueError(f"COPY is PostgreSQL's; this connection is {conn.dialect.name}")
+    raw = conn.connection.driver_connection
+    n = 0
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for n, row in enumerate(rows, 1):  # noqa: B007 - the count is the result
+            copy.write_row(row)
+    return n
