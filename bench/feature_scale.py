@@ -38,23 +38,13 @@ MARK_BEGIN, MARK_END = "<!-- feature-scale:begin -->", "<!-- feature-scale:end -
 
 def write_source(folder: Path, rows: int, policyholders: int) -> tuple[Path, int]:
     """The demo spec in ``folder`` with a source of at least ``rows`` rows (whole copies of the base)."""
-    import pandas as pd
-
-    from tests.helpers import write_claims_spec
+    from tests.helpers import copy_claims_source, write_claims_spec
 
     spec_path = write_claims_spec(folder, n_policyholders=policyholders)
     csv = folder / "raw" / "claims.csv"
-    base = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    copies = -(-rows // len(base))
     t0 = time.monotonic()
-    with open(csv, "w", encoding="utf-8", newline="") as fh:
-        for k in range(copies):
-            part = base.copy()
-            part["claim_id"] = part["claim_id"] + f"-{k:05d}"
-            part["policyholder_id"] = part["policyholder_id"] + f"-{k:05d}"
-            part.to_csv(fh, index=False, header=k == 0)
-    n = copies * len(base)
-    log(f"source: {n:,} rows ({copies} copies of {len(base):,}) in {time.monotonic() - t0:.0f} s, "
+    n = copy_claims_source(csv, rows)
+    log(f"source: {n:,} rows in {time.monotonic() - t0:.0f} s, "
         f"{csv.stat().st_size / 2**20:.0f} MiB")
     return spec_path, n
 

@@ -71,7 +71,7 @@ class BatchError(RuntimeError):
 class BatchSettings(Settings):
     """The inference settings plus the job's own knobs (``FTI_BATCH_*``)."""
 
-    batch_chunk_rows: int = Field(default=5000, ge=1, le=1_000_000, description="FTI_BATCH_CHUNK_ROWS: feature "
+    batch_chunk_rows: int = Field(default=20_000, ge=1, le=1_000_000, description="FTI_BATCH_CHUNK_ROWS: feature "
                                   "rows read, scored and inserted per step of the one transaction")
     batch_progress_seconds: float = Field(default=2.0, ge=0, description="FTI_BATCH_PROGRESS_SECONDS: at most "
                                           "one progress line per this many seconds (0: one per chunk)")

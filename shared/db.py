@@ -74,6 +74,7 @@ def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterab
     if conn.dialect.name != "postgresql":
         raise ValueError(f"COPY is PostgreSQL's; this connection is {conn.dialect.name}")
     raw = conn.connection.driver_connection
+    assert raw is not None  # an open connection's driver connection
     n = 0
     with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for n, row in enumerate(rows, 1):  # noqa: B007 - the count is the result

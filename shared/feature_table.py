@@ -199,7 +199,15 @@ def check_schema(engine: Engine, minimum: str = FEATURE_TABLES_REVISION) -> str:
 # --------------------------------------------------------------------------- encoding
 
 def iso_utc(ts: Any) -> str:
-    """Timestamp -> 'YYYY-MM-DDTHH:MM:SS.ffffffZ' (naive values are UTC)."""
+    """Timestamp -> 'YYYY-MM-DDTHH:MM:SS.ffffffZ' (naive values are UTC).
+
+    A plain ``datetime`` (what the database drivers return) is formatted directly: going through
+    ``pd.Timestamp`` cost ~8 us a call, twice a row in ``fti predict-batch``. Both ways end in
+    ``datetime.strftime`` of the same UTC instant (``tests/unit/shared/test_feature_table.py``)."""
+    if type(ts) is datetime:
+        if ts.tzinfo is not None:
+            ts = ts.astimezone(UTC).replace(tzinfo=None)
+        return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     t = pd.Timestamp(ts)
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -41,6 +41,23 @@ def write_claims_spec(folder: Path, *, n_policyholders: int = 500, seed: int = 7
     return spec_path
 
 
+def copy_claims_source(csv: Path, rows: int) -> int:
+    """Grow the claims CSV at ``csv`` to at least ``rows`` rows: whole copies of it, each with its own claim
+    and policyholder ids (suffix ``-00001``...), so every entity's history is as the generator made it.
+    Returns the row count. Streams: memory holds one copy at a time."""
+    import pandas as pd
+
+    base = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    copies = -(-rows // len(base))
+    with open(csv, "w", encoding="utf-8", newline="") as fh:
+        for k in range(copies):
+            part = base.copy()
+            part["claim_id"] = part["claim_id"] + f"-{k:05d}"
+            part["policyholder_id"] = part["policyholder_id"] + f"-{k:05d}"
+            part.to_csv(fh, index=False, header=k == 0)
+    return copies * len(base)
+
+
 def fti_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
     env.update({"FTI_DATA_DIR": str(data_dir), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",

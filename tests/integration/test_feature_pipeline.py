@@ -465,3 +465,54 @@ def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_ur
 
     loaded = load_spec(spec)
     assert checksum == featureset.build(loaded, extract(loaded)).checksum
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("engine", ["memory", "local"])
+def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_publishes(
+        pg_database: str, tmp_path: Path, engine: str) -> None:
+    """At scale (>= 1M source rows, into PostgreSQL): ``fti features run`` killed with SIGKILL once half the
+    rows are in the publishing ``COPY`` leaves no version and no row, and the next run publishes a version
+    whose stored rows give its manifest's checksum. The same kill at 27k rows, in every phase and on both
+    backends, is the test above."""
+    import os
+    import signal
+
+    from tests.helpers import copy_claims_source
+
+    spec = write_claims_spec(tmp_path / "bigspec", n_policyholders=4000)
+    rows = copy_claims_source(spec.parent / "raw" / "claims.csv", 1_000_000)
+    assert rows >= 1_000_000
+    work = tmp_path / "work"
+    env = {**_env(tmp_path, pg_database), "FTI_FEATURE_ENGINE": engine, "FTI_FEATURE_WORK_DIR": str(work),
+           "FTI_LOG_LEVEL": "INFO"}
+    exe = Path(sys.executable).parent / "fti"
+    marker = re.compile(r"writing version 1: (\d+)/(\d+) rows")
+    proc = subprocess.Popen([str(exe), "features", "run", "--spec", str(spec)], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    killed_at = None
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            found = marker.search(line)
+            if found and int(found.group(1)) * 2 >= int(found.group(2)):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = (int(found.group(1)), int(found.group(2)))
+                break
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL and killed_at is not None, "".join(seen)[-3000:]
+    assert _counts(pg_database) == (0, 0), f"killed at {killed_at[0]:,}/{killed_at[1]:,} rows: a partial version"
+    res = run_fti(["features", "run", "--spec", str(spec)], env, timeout=900)
+    assert res.returncode == 0, _explain(res)
+    assert _run_line(res.stdout) == (1, "created")
+    assert not list(work.glob("fti-buckets-*")), "the next run removed the killed run's folder and its own"
+    (version,) = _versions(pg_database)
+    n, checksum, hashed = _stored(pg_database, 1)
+    assert n == hashed == version["row_count"] == killed_at[1] and checksum == version["checksum"]
+    assert (version["details"].get("engine") or {"name": "memory"})["name"] == engine

@@ -7,7 +7,7 @@ import math
 import struct
 from collections import namedtuple
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,32 @@ def test_timestamps_are_iso_utc_with_z() -> None:
                                    "naive": "2024-03-05T13:22:31.500000Z", "missing": None}
     assert ft.iso_utc(datetime(2024, 1, 1)) == "2024-01-01T00:00:00.000000Z"
     assert ft.naive_utc(pd.Timestamp("2024-01-01T01:00:00+01:00")) == datetime(2024, 1, 1)
+
+
+def test_iso_utc_of_a_plain_datetime_equals_the_pandas_rendering() -> None:
+    """The direct path for ``datetime`` (what drivers return) gives the text ``pd.Timestamp`` gives: naive,
+    aware at several offsets (DST included), microseconds, years before 1000 and at 9999."""
+    import random
+    from datetime import timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    def by_pandas(ts: Any) -> str:
+        t = pd.Timestamp(ts)
+        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    rng = random.Random(5)
+    zones = [None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11)),
+             ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York")]
+    cases = [datetime(1970, 1, 1), datetime(2024, 3, 31, 2, 30), datetime(2024, 10, 27, 2, 30, 0, 1),
+             datetime(1677, 9, 22), datetime(2262, 4, 11, 23, 47, 16, 854775)]
+    cases += [datetime(1900, 1, 1) + timedelta(microseconds=rng.randrange(0, 4_000_000_000_000_000))
+              for _ in range(300)]
+    for base in cases:
+        for tz in zones:
+            ts = base if tz is None else base.replace(tzinfo=tz)
+            assert ft.iso_utc(ts) == by_pandas(ts), ts
+    assert ft.iso_utc(datetime(999, 1, 2, 3, 4, 5, 6)) == datetime(999, 1, 2, 3, 4, 5, 6).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _rows(n: int = 6) -> tuple[list[str], list[str], list[str | None], list[str]]:
