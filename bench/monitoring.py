@@ -234,6 +234,14 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
     return runs
 
 
+def paired_ratios(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each mode's p99 over the same round's *off* p99, round by round: the spread says how much of a
+    median ratio this machine can resolve (rounds are interleaved, so a pair shares the machine's state)."""
+    off = {r["round"]: r["latency_ms"]["p99"] for r in runs if r["mode"] == "off"}
+    return {mode: [round(r["latency_ms"]["p99"] / off[r["round"]], 3) for r in runs
+                   if r["mode"] == mode and r["round"] in off] for mode in MODES if mode != "off"}
+
+
 def log_drained(url: str, timeout: float = 60.0) -> dict[str, Any]:
     """The server's prediction-log counters once every accepted row is written (or ``timeout``): a mode that
     kept p99 low by dropping or deferring rows would show here."""
@@ -270,6 +278,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"| ... log on and `fti monitor serve`, a pass every {s['monitor_interval']:g} s | {s['p99_on_ms']:.2f} ms "
              "| |",
              f"| ... ratio on / off | {s['p99_ratio']:.3f} | <= 1.05 |",
+             "| ... on / off round by round (each against the same round's off) | "
+             + ", ".join(f"{x:.2f}" for x in s["p99_ratio_rounds"]["on"]) + " | |",
+             "| ... log / off round by round | " + ", ".join(f"{x:.2f}" for x in s["p99_ratio_rounds"]["log"])
+             + " | |",
              f"| ... monitor passes / its CPU seconds per measured round (medians) | {s['monitor_passes']} / "
              f"{s['monitor_cpu_seconds']} | |",
              f"| ... stress: a pass every second | {s['p99_stress_ms']:.2f} ms (x{s['p99_stress_ratio']:.3f}); "
@@ -351,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                "stress_cpu_seconds": med_of("stress", "monitor_cpu_seconds")}
     serving["p99_log_ratio"] = serving["p99_log_ms"] / serving["p99_off_ms"]
     serving["p99_thread_ratio"] = serving["p99_thread_ms"] / serving["p99_off_ms"]
+    serving["p99_ratio_rounds"] = paired_ratios(runs)
     serving["p99_ratio"] = serving["p99_on_ms"] / serving["p99_off_ms"]
     serving["p99_stress_ratio"] = serving["p99_stress_ms"] / serving["p99_off_ms"]
     serving["rps_ratio"] = serving["rps_on"] / serving["rps_off"]
