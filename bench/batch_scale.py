@@ -78,6 +78,7 @@ def baseline(spec_path: Path, version: int, repeats: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         frame = ft.read_version(engine, spec, version)
         read_seconds = time.perf_counter() - t0
+        storage = storage_comparison(engine, spec, version, frame)
     finally:
         engine.dispose()
     times = []
@@ -87,11 +88,56 @@ def baseline(spec_path: Path, version: int, repeats: int) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     seconds = statistics.median(times)
     return {"rows": len(frame), "read_seconds": round(read_seconds, 2), "score_seconds": round(seconds, 3),
-            "score_runs": [round(t, 3) for t in times], "rows_per_s": round(len(frame) / seconds, 1)}
+            "score_runs": [round(t, 3) for t in times], "rows_per_s": round(len(frame) / seconds, 1),
+            "storage": storage}
+
+
+def storage_comparison(engine: Any, spec: Any, version: int, frame: Any) -> dict[str, Any]:
+    """What the version costs to read as stored (one JSON payload per row) against a columnar snapshot of
+    the same frame (Parquet, pyarrow, written here): fetch and decode separately, bytes, and whether the
+    snapshot reads back equal. The measure behind docs/features.md's storage decision."""
+    import tempfile
+
+    import pandas as pd
+    from sqlalchemy import func, select
+
+    from shared import feature_table as ft
+
+    t = ft.feature_rows
+    q = select(t.c.record_id, t.c.entity_key, t.c.event_time, t.c.payload).where(t.c.dataset == spec.name,
+                                                                                  t.c.version == version)
+    with engine.connect() as conn:
+        t0 = time.perf_counter()
+        rows = conn.execute(q).all()
+        fetch = time.perf_counter() - t0
+        payload_bytes = conn.execute(select(func.sum(func.length(t.c.payload))).where(
+            t.c.dataset == spec.name, t.c.version == version)).scalar()
+        table_bytes = conn.execute(select(func.pg_total_relation_size(t.name))).scalar() \
+            if engine.dialect.name == "postgresql" else None
+    t0 = time.perf_counter()
+    ft.decode_frame(rows, spec)
+    decode = time.perf_counter() - t0
+    del rows
+    with tempfile.TemporaryDirectory(prefix="fti-bench-") as tmp:
+        path = Path(tmp) / "snapshot.parquet"
+        t0 = time.perf_counter()
+        frame.to_parquet(path, index=False)
+        write = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = pd.read_parquet(path)
+        read = time.perf_counter() - t0
+        size = path.stat().st_size
+    n = len(frame)
+    return {"json_fetch_seconds": round(fetch, 2), "json_decode_seconds": round(decode, 2),
+            "json_rows_per_s": round(n / (fetch + decode), 1), "json_payload_bytes": int(payload_bytes or 0),
+            "pg_table_bytes": table_bytes, "parquet_write_seconds": round(write, 2),
+            "parquet_read_seconds": round(read, 2), "parquet_rows_per_s": round(n / read, 1),
+            "parquet_bytes": size, "parquet_reads_back_equal": bool(back.equals(frame))}
 
 
 def markdown(result: dict[str, Any]) -> str:
     j, b, t = result["job"], result["baseline"], result["job"]["timings"]
+    st = b["storage"]
     lines = [MARK_BEGIN, "## `fti predict-batch` at scale (`bench/batch_scale.py`)", "",
              f"Run {result['started_at']} on {os.cpu_count()} CPUs, load average (1 min) "
              f"{result['load_avg_1m'][0]:.2f} at start and {result['load_avg_1m'][-1]:.2f} at the end; PostgreSQL "
@@ -109,7 +155,14 @@ def markdown(result: dict[str, Any]) -> str:
              f"| in-process `predict_proba` on the whole frame (median of {len(b['score_runs'])}) | "
              f"{b['rows_per_s']:,.0f} rows/s | |",
              f"| ratio job scoring / in-process | {result['score_ratio']:.2f} | >= 0.80 |", "",
-             f"Scorer: `{j['scorer']}`; chunks of {j['chunk_rows']:,} rows.", MARK_END]
+             f"Scorer: `{j['scorer']}`; chunks of {j['chunk_rows']:,} rows.", "",
+             "Reading the version, as stored (one JSON payload a row) and as a columnar snapshot of the same frame:",
+             "", "| | seconds | rows/s | bytes |", "|---|---|---|---|",
+             f"| stored: fetch / decode the payloads | {st['json_fetch_seconds']} / {st['json_decode_seconds']} | "
+             f"{st['json_rows_per_s']:,.0f} | {st['json_payload_bytes']:,} of payload |",
+             f"| Parquet snapshot: read (written in {st['parquet_write_seconds']} s) | {st['parquet_read_seconds']} | "
+             f"{st['parquet_rows_per_s']:,.0f} | {st['parquet_bytes']:,} |", "",
+             f"The snapshot reads back equal to the decoded frame: {st['parquet_reads_back_equal']}.", MARK_END]
     return "\n".join(lines)
 
 

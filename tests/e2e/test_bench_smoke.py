@@ -130,3 +130,23 @@ def test_feature_scale_benchmark_smoke_run(tmp_path):
             assert job["details"].get("engine", {"name": "memory"})["name"] in ("local", "memory"), job
         assert size["copy"]["rows"] == size["rows"] and size["copy"]["rows_per_s"] > 0, size
     assert results["linearity"] > 0
+
+
+@pytest.mark.timeout(600)
+def test_batch_scale_benchmark_smoke_run(tmp_path):
+    """``bench/batch_scale.py --smoke``: a model, a copied source published by the local engine into a
+    throwaway PostgreSQL, ``fti predict-batch`` on it as a subprocess, the in-process baseline and the
+    storage comparison. Checks every number was measured and the batch holds every row; asserts no timing."""
+    out_json = tmp_path / "batch_scale.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
+    res = subprocess.run([sys.executable, "-m", "bench.batch_scale", "--smoke", "--workdir", str(tmp_path / "work"),
+                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
+    results = json.loads(out_json.read_text())
+    job, base = results["job"], results["baseline"]
+    assert results["mode"] == "smoke" and job["rows"] == base["rows"] == results["rows"] >= 6_000, results
+    assert job["seconds"] > 0 and job["score_rows_per_s"] > 0 and base["rows_per_s"] > 0, results
+    assert set(job["timings"]) >= {"load_seconds", "read_seconds", "score_seconds", "insert_seconds"}, job
+    storage = base["storage"]
+    assert storage["parquet_reads_back_equal"] is True and storage["json_payload_bytes"] > 0, storage
+    assert results["score_ratio"] > 0
