@@ -132,7 +132,21 @@ def storage_comparison(engine: Any, spec: Any, version: int, frame: Any) -> dict
             "json_rows_per_s": round(n / (fetch + decode), 1), "json_payload_bytes": int(payload_bytes or 0),
             "pg_table_bytes": table_bytes, "parquet_write_seconds": round(write, 2),
             "parquet_read_seconds": round(read, 2), "parquet_rows_per_s": round(n / read, 1),
-            "parquet_bytes": size, "parquet_reads_back_equal": bool(back.equals(frame))}
+            "parquet_bytes": size, "parquet_reads_back_equal": bool(back.equals(frame)),
+            "parquet_values_equal": _values_equal(back, frame),
+            "parquet_dtype_changes": {c: [str(frame[c].dtype), str(back[c].dtype)] for c in frame.columns
+                                      if c in back.columns and str(frame[c].dtype) != str(back[c].dtype)}}
+
+
+def _values_equal(a: Any, b: Any) -> bool:
+    """Equal values and columns, whatever the dtypes (pyarrow reads text back as pandas' string dtype)."""
+    import pandas as pd
+
+    try:
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    except AssertionError:
+        return False
+    return True
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -162,7 +176,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{st['json_rows_per_s']:,.0f} | {st['json_payload_bytes']:,} of payload |",
              f"| Parquet snapshot: read (written in {st['parquet_write_seconds']} s) | {st['parquet_read_seconds']} | "
              f"{st['parquet_rows_per_s']:,.0f} | {st['parquet_bytes']:,} |", "",
-             f"The snapshot reads back equal to the decoded frame: {st['parquet_reads_back_equal']}.", MARK_END]
+             f"The snapshot reads back equal to the decoded frame: {st['parquet_reads_back_equal']}; the same values "
+             f"whatever the dtypes: {st.get('parquet_values_equal', 'not measured')}; dtypes that changed: "
+             f"{st.get('parquet_dtype_changes', 'not measured')}.", MARK_END]
     return "\n".join(lines)
 
 
