@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 from bench.feature_scale import write_source
 from bench.servers import TreeRss
-from bench.serving import RESULTS_DIR, TMP_DIR, VENV_BIN, base_env, log, machine_description
+from bench.serving import TMP_DIR, VENV_BIN, base_env, log, machine_description
 
 MARK_BEGIN, MARK_END = "<!-- batch-scale:begin -->", "<!-- batch-scale:end -->"
 PYTHON = VENV_BIN / "python"
@@ -252,17 +251,10 @@ def main(argv: list[str] | None = None) -> int:
               "load_avg_1m": load, "machine": machine_description(os.environ.get("OMP_NUM_THREADS", "1")),
               "targets": {"score_ratio": {"target": 0.8, "met": job["score_rows_per_s"] >= 0.8 * base["rows_per_s"]}},
               "spark": "not run: a Spark variant of predict-batch is not built"}
-    out_json = Path(args.json) if args.json else (work / "batch_scale.json" if args.smoke
-                                                  else RESULTS_DIR / "batch_scale.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1, default=str))
-    if not args.smoke:
-        from bench.report import update_benchmarks_doc
+    from bench.report import publish_results
 
-        update_benchmarks_doc(markdown(result), MARK_BEGIN, MARK_END, new_heading="")
-    log(json.dumps({k: result[k] for k in ("score_ratio", "targets")}))
-    if not args.workdir and not args.smoke:
-        shutil.rmtree(work, ignore_errors=True)
+    publish_results(result, markdown(result), name="batch_scale", args=args, work=work, marks=(MARK_BEGIN, MARK_END),
+                    summary_keys=("score_ratio", "targets"))
     return 0
 
 

@@ -20,7 +20,6 @@ Writes ``bench/results/feature_scale.json`` and the ``feature-scale`` section of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.servers import TreeRss
-from bench.serving import RESULTS_DIR, TMP_DIR, VENV_BIN, base_env, log, machine_description
+from bench.serving import TMP_DIR, VENV_BIN, base_env, log, machine_description
 
 MARK_BEGIN, MARK_END = "<!-- feature-scale:begin -->", "<!-- feature-scale:end -->"
 
@@ -167,17 +166,10 @@ def main(argv: list[str] | None = None) -> int:
               "linearity": per_row[-1] / per_row[0], "load_avg_1m": load,
               "machine": machine_description(os.environ.get("OMP_NUM_THREADS", "1")),
               "spark": "not run: --engine spark is not built yet"}
-    out_json = Path(args.json) if args.json else (work / "feature_scale.json" if args.smoke
-                                                  else RESULTS_DIR / "feature_scale.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1, default=str))
-    if not args.smoke:
-        from bench.report import update_benchmarks_doc
+    from bench.report import publish_results
 
-        update_benchmarks_doc(markdown(result), MARK_BEGIN, MARK_END, new_heading="")
-    log(json.dumps({k: result[k] for k in ("checksums_equal", "linearity")}))
-    if not args.workdir and not args.smoke:
-        shutil.rmtree(work, ignore_errors=True)
+    publish_results(result, markdown(result), name="feature_scale", args=args, work=work, marks=(MARK_BEGIN, MARK_END),
+                    summary_keys=("checksums_equal", "linearity"))
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -41,7 +40,6 @@ from typing import Any
 from bench import loadgen
 from bench.servers import ServerProcess, TreeRss
 from bench.serving import (
-    RESULTS_DIR,
     TMP_DIR,
     VENV_BIN,
     base_env,
@@ -373,17 +371,10 @@ def main(argv: list[str] | None = None) -> int:
               "targets": {"monitor_seconds": {"target": 60, "met": mon["seconds"] <= 60},
                           "monitor_rss_mib": {"target": 2048, "met": mon["peak_rss_mib"] <= 2048},
                           "p99_ratio": {"target": 1.05, "met": serving["p99_ratio"] <= 1.05}}}
-    out_json = Path(args.json) if args.json else (work / "monitoring.json" if args.smoke
-                                                  else RESULTS_DIR / "monitoring.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1, default=str))
-    if not args.smoke:  # published numbers come from full runs only
-        from bench.report import update_benchmarks_doc
+    from bench.report import publish_results
 
-        update_benchmarks_doc(markdown(result), MARK_BEGIN, MARK_END, new_heading="")
-    log(json.dumps({k: result[k] for k in ("monitor", "serving", "targets")}))
-    if not args.workdir and not args.smoke:
-        shutil.rmtree(work, ignore_errors=True)
+    publish_results(result, markdown(result), name="monitoring", args=args, work=work, marks=(MARK_BEGIN, MARK_END),
+                    summary_keys=("monitor", "serving", "targets"))
     return 0
 
 

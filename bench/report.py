@@ -258,3 +258,24 @@ def update_benchmarks_doc(section: str, begin: str, end: str, *, new_heading: st
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     doc.write_text(text)
+
+
+def publish_results(result: dict[str, Any], markdown: str, *, name: str, args: Any, work: Path,
+                    marks: tuple[str, str], summary_keys: tuple[str, ...]) -> Path:
+    """A benchmark's ending, shared by the scale benchmarks: the JSON (``--json``, else the work folder for
+    ``--smoke``, else ``bench/results/<name>.json``), the marked section of docs/benchmarks.md (full runs
+    only: published numbers come from full runs), a summary line, the throwaway work folder removed."""
+    import json
+    import shutil
+
+    from bench.serving import RESULTS_DIR, log
+
+    out = Path(args.json) if args.json else (work / f"{name}.json" if args.smoke else RESULTS_DIR / f"{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    if not args.smoke:
+        update_benchmarks_doc(markdown, marks[0], marks[1], new_heading="")
+    log(json.dumps({k: result[k] for k in summary_keys}))
+    if not args.workdir and not args.smoke:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
