@@ -359,7 +359,7 @@ class _Job:
                 out = self._rows(chunk, proba)
                 for row in out:
                     batch_digest.add(row["record_id"], bt.checksum_line(row))
-                if copy:  # PostgreSQL: COPY in the same transaction (batched INSERTs ran at a third of its rate)
+                if copy:  # PostgreSQL: COPY in the same transaction (the feature job's INSERTs ran at a third of its rate)
                     columns = tuple(out[0])
                     copy_rows(conn, bt.batch_predictions.name, columns, ([row[c] for c in columns] for row in out))
                 else:
