@@ -487,11 +487,16 @@ def load_model_dir(model_dir: str | os.PathLike[str], *, expected_digest: str | 
 
 def _build_limited(path: str, memory_limit_mb: int) -> tuple[int, str]:
     """Audit and build once under an address-space limit: (exit code, one line saying why)."""
+    import gc
     import resource
 
     import sklearn  # noqa: F401  (imported before the limit: its own mappings are not the model's)
     import skops.io
 
+    # Garbage the forked caller still held (cycles not yet collected) would be freed during the build and
+    # its room reused by the model, past the limit: collect it before measuring (a CI run saw a 200 MB
+    # model pass a 64 MB rehearsal; tests/unit/shared/test_model_file.py reproduces it with a 400 MB cycle).
+    gc.collect()
     with open("/proc/self/statm") as fh:
         current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     limit = current + memory_limit_mb * 1024 * 1024

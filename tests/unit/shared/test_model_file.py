@@ -284,3 +284,31 @@ def test_the_refusal_names_the_refused_type_and_where_the_list_lives(tmp_path, g
     with pytest.raises(ModelFileRefused) as err:
         load_model_dir(folder, memory_limit_mb=0)
     assert "os.system (ObjectNode) is not in fti's model allow-list (shared/model_file.py" in str(err.value)
+
+
+@pytest.mark.slow  # ~10 s
+def test_the_forked_rehearsal_is_not_fooled_by_garbage_the_caller_holds(tmp_path, genuine):
+    """The forked rehearsal's limit is the child's address space plus the limit. Garbage the caller still
+    holds (a 400 MB array in a reference cycle, not yet collected) was freed in the child during the build,
+    making room for a model that needs more than the limit: a CI run let the 200 MB model of the test above
+    through. The child now collects it before measuring; without that, this test fails."""
+    import gc
+
+    _, pipe, _ = genuine
+    pipe.fti_padding_ = np.zeros(25_000_000)
+    buf = skops.io.dumps(pipe, compression=zipfile.ZIP_DEFLATED)
+    del pipe.fti_padding_
+    folder = _model_dir(tmp_path / "m", buf)
+
+    class Cycle:
+        pass
+
+    gc.collect()
+    try:
+        junk = Cycle()
+        junk.me, junk.data = junk, np.ones(50_000_000)  # 400 MB, reachable only through its own cycle
+        del junk
+        with pytest.raises(ModelFileRefused, match="64 MB memory limit"):
+            rehearse(folder / "model.skops", 64, method="fork")
+    finally:
+        gc.collect()
