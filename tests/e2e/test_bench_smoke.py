@@ -14,6 +14,8 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,18 +82,24 @@ def test_serving_benchmark_smoke_run(tmp_path):
     assert "## Machine" in report and "## How to reproduce" in report
 
 
+def _smoke_run(module: str, tmp_path: Path) -> dict[str, Any]:
+    """``python -m bench.<module> --smoke`` in a clean environment (no FTI_/MLFLOW_ variables of the test
+    session): its results JSON, after checking it exited 0."""
+    out_json = tmp_path / f"{module}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
+    res = subprocess.run([sys.executable, "-m", f"bench.{module}", "--smoke", "--workdir", str(tmp_path / "work"),
+                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
+    return json.loads(out_json.read_text())
+
+
 @pytest.mark.timeout(600)
 def test_monitoring_benchmark_smoke_run(tmp_path):
     """``bench/monitoring.py --smoke``: a log filled over HTTP, one ``fti monitor run`` (its worker
     processes' memory summed), ``/predict`` rounds with the log off, written from a thread, from its process, and that beside
     ``fti monitor serve``.
     Checks every number was measured and no request failed; asserts no timing and no target."""
-    out_json = tmp_path / "monitoring.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
-    res = subprocess.run([sys.executable, "-m", "bench.monitoring", "--smoke", "--workdir", str(tmp_path / "work"),
-                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
-    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
-    results = json.loads(out_json.read_text())
+    results = _smoke_run("monitoring", tmp_path)
     assert results["mode"] == "smoke"
     assert results["fill"]["rows"] == results["rows"]
     mon = results["monitor"]
@@ -115,12 +123,7 @@ def test_feature_scale_benchmark_smoke_run(tmp_path):
     """``bench/feature_scale.py --smoke``: sources of two sizes, ``fti features run`` with the local and the
     memory engine into a throwaway PostgreSQL, a bare COPY of the same rows. Checks every number was
     measured and the engines' checksums agree; asserts no timing."""
-    out_json = tmp_path / "feature_scale.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
-    res = subprocess.run([sys.executable, "-m", "bench.feature_scale", "--smoke", "--workdir", str(tmp_path / "work"),
-                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
-    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
-    results = json.loads(out_json.read_text())
+    results = _smoke_run("feature_scale", tmp_path)
     assert results["mode"] == "smoke" and results["checksums_equal"] is True
     assert [s["rows"] for s in results["sizes"]] == sorted(s["rows"] for s in results["sizes"])
     for size in results["sizes"]:
@@ -137,12 +140,7 @@ def test_batch_scale_benchmark_smoke_run(tmp_path):
     """``bench/batch_scale.py --smoke``: a model, a copied source published by the local engine into a
     throwaway PostgreSQL, ``fti predict-batch`` on it as a subprocess, the in-process baseline and the
     storage comparison. Checks every number was measured and the batch holds every row; asserts no timing."""
-    out_json = tmp_path / "batch_scale.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
-    res = subprocess.run([sys.executable, "-m", "bench.batch_scale", "--smoke", "--workdir", str(tmp_path / "work"),
-                          "--json", str(out_json)], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
-    assert res.returncode == 0, f"--- stdout\n{res.stdout[-6000:]}\n--- stderr\n{res.stderr[-4000:]}"
-    results = json.loads(out_json.read_text())
+    results = _smoke_run("batch_scale", tmp_path)
     job, base = results["job"], results["baseline"]
     assert results["mode"] == "smoke" and job["rows"] == base["rows"] == results["rows"] >= 6_000, results
     assert job["seconds"] > 0 and job["score_rows_per_s"] > 0 and base["rows_per_s"] > 0, results
