@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None, loader: Any | None = None) -> F
             writer = ProcessLogWriter(engine, spec, max_queue=settings.prediction_log_queue,
                                       flush_interval=settings.prediction_log_process_flush_seconds,
                                       nice=settings.prediction_log_nice, sched_idle=settings.prediction_log_sched_idle,
-                                      cpu_slot=cpu_slot)
+                                      cpu_slot=cpu_slot,
+                                      fallback_flush_interval=settings.prediction_log_flush_seconds)
         elif settings.prediction_log:
             writer = PredictionLogWriter(engine, max_queue=settings.prediction_log_queue,
                                          flush_interval=settings.prediction_log_flush_seconds, cpu_slot=cpu_slot,

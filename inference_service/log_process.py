@@ -85,7 +85,7 @@ class ProcessLogWriter:
 
     def __init__(self, engine: Engine, spec: DatasetSpec, *, max_queue: int = 50_000, batch_size: int = 500,
                  flush_interval: float = 0.02, block_seconds: float = 0.5, nice: int = 10, sched_idle: bool = True,
-                 cpu_slot: CpuSlot | None = None):
+                 cpu_slot: CpuSlot | None = None, fallback_flush_interval: float | None = None):
         self.engine = engine
         self.spec = spec
         self.capacity = max_queue
@@ -96,6 +96,8 @@ class ProcessLogWriter:
         self.sched_idle = sched_idle
         self.store_check: Any = None  # the app sets it; used by the fallback (the child keeps its own)
         self.cpu_slot = cpu_slot  # the fallback thread's
+        # the fallback thread's batches hold the server's interpreter: its own (shorter) interval
+        self.fallback_flush_interval = flush_interval if fallback_flush_interval is None else fallback_flush_interval
         self._cond = threading.Condition()
         self._parts: list[bytes] = []  # frames not yet sent, as pieces
         self._part_rows: list[int] = []  # rows of each frame in _parts (4 pieces a frame)
@@ -264,7 +266,7 @@ class ProcessLogWriter:
     def _use_fallback(self, unsent: list[bytes]) -> None:
         """Frames taken from the buffer but not sent, and those still buffered, go to the thread writer."""
         fallback = PredictionLogWriter(self.engine, max_queue=self.capacity, batch_size=self.batch_size,
-                                       flush_interval=self.flush_interval, block_seconds=self.block_seconds,
+                                       flush_interval=self.fallback_flush_interval, block_seconds=self.block_seconds,
                                        cpu_slot=self.cpu_slot, spec=self.spec)  # the same settings, in a thread
         fallback.store_check = self.store_check
         fallback.start()

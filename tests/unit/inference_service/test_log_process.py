@@ -152,7 +152,8 @@ def test_a_backlog_past_the_capacity_blocks_briefly_then_drops_counted(claims: d
 
 def test_a_killed_child_s_rows_are_counted_and_the_log_goes_on_in_a_thread(claims: dict[str, Any],
                                                                           engine: Engine) -> None:
-    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01).start()  # no table: the child holds rows
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.01,  # no table: the child holds rows
+                              fallback_flush_interval=0.005).start()
     reqs = Requests(claims["spec"], claims["records"])
     try:
         for _ in range(4):
@@ -160,6 +161,7 @@ def test_a_killed_child_s_rows_are_counted_and_the_log_goes_on_in_a_thread(claim
         _wait(lambda: writer._child_counts()["received"] == 4, what="the child holds 4 rows")
         os.kill(writer._proc.pid, signal.SIGKILL)
         _wait(lambda: writer.stats()["mode"] == "thread (fallback)", what="the fallback taken")
+        assert writer._fallback is not None and writer._fallback.flush_interval == 0.005  # the thread's interval
         s = writer.stats()
         assert s["failed"] == 4 and "died" in s["last_error"] and "4 row(s)" in s["last_error"], s
         ft.upgrade(engine)
