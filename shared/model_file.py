@@ -12,7 +12,7 @@ which decides from fti's own source alone:
    no functions, methods, reduce or operator nodes: no pipeline fti builds needs one.
 2. **Declared sizes.** Every ``.npy`` member must hold exactly the bytes its header
    declares, object dtypes are refused, and the unpacked archive is bounded.
-3. **Memory.** The load is first rehearsed in a child process (a fork, see :func:`rehearse`)
+3. **Memory.** The load is first rehearsed in a child process (forked from a clean helper, see :func:`rehearse`)
    under ``RLIMIT_AS`` (``memory_limit_mb``), so a file that asks for a huge allocation in a
    constructor, loops or crashes kills only the rehearsal.
 4. **Integrity.** :func:`artifact_digest` over the model directory is recorded at
@@ -320,45 +320,184 @@ def skops_file(model_dir: Path) -> Path:
 def rehearse(path: Path, memory_limit_mb: int, *, timeout: float = 300.0, method: str | None = None) -> None:
     """Build the model once in a child process under ``RLIMIT_AS``; refuse it if that fails.
 
-    The child is a ``fork`` of this process where the platform has one: it already holds numpy,
-    scikit-learn and skops, so the rehearsal costs the build alone (a few hundred ms of CPU) instead of
-    a new interpreter's imports (about 3 s). The forked child touches nothing but the file, the
-    allow-list and a pipe, and leaves with ``os._exit`` (no atexit handlers, no inherited buffers
-    flushed). ``method="spawn"`` (or a platform without ``fork``) starts ``python -m shared.model_file``."""
+    The limit is the child's address space at the start plus ``memory_limit_mb``. That is exact only in a
+    child whose heap holds no free room: memory the parent had freed but kept mapped (a long process's
+    malloc heap, uncollected garbage) is reused by the build without growing the address space -- a CI run
+    let a 200 MB model through a 64 MB rehearsal forked from the test process. So by default
+    (``method="zygote"``) the child is forked from a clean helper, an interpreter started once per process
+    that has only imported numpy, scikit-learn, skops and the allow-listed modules (see
+    :class:`_Zygote`): the first rehearsal pays its start (about 3 s), later ones the build alone, and any
+    thread may call it. ``method="fork"`` forks the caller (what the helper itself does; exact only in a
+    clean caller); ``"spawn"`` starts ``python -m shared.model_file`` for this one build (and is what a
+    platform without ``fork`` gets)."""
     if method is None:
-        # A fork copies only the calling thread; a lock another thread held at that moment (an import in
-        # progress, a library's own lock) stays held in the child forever. So fork only a process with no
-        # other thread -- the CLI jobs -- and start an interpreter from a multi-threaded server.
-        import threading
-
-        method = "fork" if hasattr(os, "fork") and threading.active_count() == 1 else "spawn"
-        logging.getLogger(__name__).debug("model rehearsal by %s (%d thread(s))", method, threading.active_count())
-    if method == "fork":
+        method = "zygote" if hasattr(os, "fork") else "spawn"
+    logging.getLogger(__name__).debug("model rehearsal by %s", method)
+    if method == "zygote":
+        code, last = _ZYGOTE.rehearse(path, memory_limit_mb, timeout)
+    elif method == "fork":
         code, last = _rehearse_forked(path, memory_limit_mb, timeout)
     else:
         code, last = _rehearse_spawned(path, memory_limit_mb, timeout)
     if code == 2:  # the child's own refusal (the structure of what it built)
         raise ModelFileRefused(f"model file {path.name} refused: {last.split(': ', 1)[-1][:300]}")
+    if code == _TIMED_OUT:
+        raise _timed_out(path, timeout)
     if code != 0:
         raise ModelFileRefused(f"model file {path.name} refused: building it under a {memory_limit_mb} MB memory "
                                f"limit failed ({last[:200]})")
+
+
+_TIMED_OUT = 124
 
 
 def _timed_out(path: Path, timeout: float) -> ModelFileRefused:
     return ModelFileRefused(f"model file {path.name} refused: building it took over {timeout:.0f}s")
 
 
-def _rehearse_spawned(path: Path, memory_limit_mb: int, timeout: float) -> tuple[int, str]:
+def _clean_env() -> dict[str, str]:
+    """A rehearsal interpreter's environment: no fti or MLflow settings, one thread per library."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FTI_", "MLFLOW_"))}
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _rehearse_spawned(path: Path, memory_limit_mb: int, timeout: float) -> tuple[int, str]:
     try:
         proc = subprocess.run([sys.executable, "-m", "shared.model_file", str(path), str(memory_limit_mb)],
-                              env=env, capture_output=True, text=True, timeout=timeout, check=False)
+                              env=_clean_env(), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise _timed_out(path, timeout) from None
+        return _TIMED_OUT, "timed out"
     return proc.returncode, (proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines() or ["killed"])[-1]
+
+
+class _Zygote:
+    """The clean helper the rehearsals are forked from: ``python -m shared.model_file --zygote``.
+
+    One per process, started at the first rehearsal and kept until this process exits (its stdin closes,
+    it leaves). Requests are one JSON line each way, one at a time under a lock; the helper forks a child
+    per request (:func:`_rehearse_forked`, which also enforces the build's timeout). A helper that died,
+    hung or answered nonsense is killed and started again once; if that fails too the model is refused
+    (nothing is built in this process unrehearsed). A fork of this process starts its own helper."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0
+        self._hooked = False
+
+    @property
+    def pid(self) -> int | None:
+        """The running helper's pid (for tests and logs), or None."""
+        return self._proc.pid if self._proc is not None and self._owner == os.getpid() else None
+
+    def rehearse(self, path: Path, memory_limit_mb: int, timeout: float) -> tuple[int, str]:
+        request = json.dumps({"path": str(path), "limit": memory_limit_mb, "timeout": timeout}).encode() + b"\n"
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    proc = self._started()
+                    assert proc.stdin is not None
+                    proc.stdin.write(request)
+                    proc.stdin.flush()
+                    reply = json.loads(self._line(proc, timeout + 60.0))
+                    return int(reply["code"]), str(reply["message"])
+                except (OSError, ValueError, KeyError, TypeError, TimeoutError) as exc:
+                    logging.getLogger(__name__).warning("model rehearsal helper failed (%s: %s); %s",
+                                                        type(exc).__name__, exc,
+                                                        "starting it again" if attempt == 1 else "giving up")
+                    self._stop()
+        return 4, "the rehearsal helper process failed twice"
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._owner != os.getpid():  # a fork of the process that started it: leave the parent's alone
+            self._proc = None
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._stop()
+        if not self._hooked:
+            import atexit
+
+            atexit.register(self.close)
+            self._hooked = True
+        proc = subprocess.Popen([sys.executable, "-m", "shared.model_file", "--zygote"], env=_clean_env(),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._proc, self._owner = proc, os.getpid()
+        if self._line(proc, 300.0) != b"ready":
+            raise OSError("the rehearsal helper did not start")
+        return proc
+
+    @staticmethod
+    def _line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+        import select
+
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"no answer in {timeout:.0f}s")
+        line = proc.stdout.readline()
+        if not line:
+            raise OSError(f"the helper exited ({proc.poll()})")
+        return line.strip()
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or self._owner != os.getpid():
+            return
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def close(self) -> None:
+        """Let the helper leave (end of this process)."""
+        proc = self._proc
+        if proc is None or self._owner != os.getpid():
+            return
+        try:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._proc = None
+
+
+_ZYGOTE = _Zygote()
+
+
+def _zygote_main() -> int:
+    """The helper's loop: import what a build needs, say ready, then one forked rehearsal per request."""
+    import gc
+    import importlib
+
+    import sklearn  # noqa: F401
+    import skops.io  # noqa: F401
+
+    for name in sorted({n.rsplit(".", 1)[0] for names in ALLOWED.values() for n in names}):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    gc.collect()
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        code, message = _rehearse_forked(Path(request["path"]), int(request["limit"]), float(request["timeout"]))
+        out.write(json.dumps({"code": code, "message": message}).encode() + b"\n")
+        out.flush()
+        gc.collect()
+    return 0
 
 
 def _rehearse_forked(path: Path, memory_limit_mb: int, timeout: float) -> tuple[int, str]:
@@ -387,7 +526,7 @@ def _rehearse_forked(path: Path, memory_limit_mb: int, timeout: float) -> tuple[
             if left <= 0:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                raise _timed_out(path, timeout)
+                return _TIMED_OUT, "timed out"
             ready, _, _ = select.select([read_end], [], [], left)
             if ready:
                 data = os.read(read_end, 4096)
@@ -521,4 +660,4 @@ def _child(path: str, memory_limit_mb: int) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child(sys.argv[1], int(sys.argv[2])))
+    raise SystemExit(_zygote_main() if sys.argv[1:] == ["--zygote"] else _child(sys.argv[1], int(sys.argv[2])))
