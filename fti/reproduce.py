@@ -58,7 +58,7 @@ from shared import feature_table as ft
 from shared import fingerprint, model_ref, rowwise
 from shared.certificate import CERTIFICATE_FILE
 from shared.db import make_engine
-from shared.model_file import ModelFileRefused, load_model_dir
+from shared.model_file import ModelFileRefused, load_model_dir, prepare_rehearsal
 from shared.model_ref import ModelRefError
 from shared.provenance import code_commit
 from shared.raw import RawDataError
@@ -448,6 +448,7 @@ def reproduce(ref: str, settings: Settings, *, spec_path: str | None = None, reg
         log.info("[1/5] reading the lineage of %s/%s (run %s)", name, version, run_id)
         recorded_spec = load_spec(_download_spec(client, run_id, tmp / "spec"))
         model_dir = tmp / "model"
+        prepare_rehearsal(settings.model_load_memory_mb)  # the helper's imports overlap the download
         try:
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(model_dir))
         except Exception as exc:  # noqa: BLE001 - any failure here means the artifacts are not there

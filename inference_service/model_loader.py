@@ -190,7 +190,10 @@ class MlflowLoader:
 
     def load_version(self, spec: DatasetSpec, name: str, version: str, *, alias: str = "",
                      model_version: Any = None, prepare_fast: bool = True) -> LoadedModel:
+        from shared.model_file import prepare_rehearsal
+
         t0 = time.perf_counter()
+        prepare_rehearsal(self.memory_limit_mb)  # the helper's imports overlap the registry calls and download
         mv = model_version or _client(self.tracking_uri, self.registry_uri).get_model_version(name, version)
         tags = dict(mv.tags or {})
         run_id = str(mv.run_id or tags.get(Tag.RUN_ID, ""))

@@ -388,6 +388,7 @@ class _Zygote:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner = 0
+        self._ready = False
         self._hooked = False
 
     @property
@@ -413,7 +414,15 @@ class _Zygote:
                     self._stop()
         return 4, "the rehearsal helper process failed twice"
 
-    def _started(self) -> subprocess.Popen[bytes]:
+    def start(self) -> None:
+        """Start the helper now without waiting for it (its imports overlap the caller's download)."""
+        with self._lock:
+            try:
+                self._launched()
+            except OSError as exc:  # the rehearsal itself will try again and say what failed
+                logging.getLogger(__name__).warning("model rehearsal helper did not start: %s", exc)
+
+    def _launched(self) -> subprocess.Popen[bytes]:
         if self._owner != os.getpid():  # a fork of the process that started it: leave the parent's alone
             self._proc = None
         if self._proc is not None and self._proc.poll() is None:
@@ -426,9 +435,15 @@ class _Zygote:
             self._hooked = True
         proc = subprocess.Popen([sys.executable, "-m", "shared.model_file", "--zygote"], env=_clean_env(),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self._proc, self._owner = proc, os.getpid()
-        if self._line(proc, 300.0) != b"ready":
-            raise OSError("the rehearsal helper did not start")
+        self._proc, self._owner, self._ready = proc, os.getpid(), False
+        return proc
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        proc = self._launched()
+        if not self._ready:
+            if self._line(proc, 300.0) != b"ready":
+                raise OSError("the rehearsal helper did not start")
+            self._ready = True
         return proc
 
     @staticmethod
@@ -472,6 +487,13 @@ class _Zygote:
 
 
 _ZYGOTE = _Zygote()
+
+
+def prepare_rehearsal(memory_limit_mb: int) -> None:
+    """Start the rehearsal helper in the background before downloading a model that will be rehearsed
+    (nothing when ``memory_limit_mb`` is 0 or the platform has no ``fork``)."""
+    if memory_limit_mb > 0 and hasattr(os, "fork"):
+        _ZYGOTE.start()
 
 
 def _zygote_main() -> int:

@@ -185,8 +185,9 @@ def load_registered(name: str, version: str, tags: dict[str, str], memory_limit_
 def load_registered_with_decision(name: str, version: str, tags: dict[str, str], memory_limit_mb: int
                                   ) -> tuple[Any, decisions.Decision | None]:
     """:func:`load_registered` and the decision rule stored beside it (None: argmax)."""
-    from shared.model_file import load_model_dir
+    from shared.model_file import load_model_dir, prepare_rehearsal
 
+    prepare_rehearsal(memory_limit_mb)  # the helper's imports overlap the download
     with tempfile.TemporaryDirectory(prefix="fti-champion-") as tmp:
         model_dir = download(name, version, tmp)
         pipeline = load_model_dir(model_dir, expected_digest=tags.get(Tag.ARTIFACT_SHA256),

@@ -182,6 +182,20 @@ def test_by_default_every_thread_rehearses_in_one_clean_helper(tmp_path, genuine
     assert model_file._ZYGOTE.pid == helper
 
 
+def test_a_helper_started_early_serves_the_next_rehearsal(tmp_path, genuine):
+    """``prepare_rehearsal`` (called before a model's download) starts the helper without waiting; the
+    rehearsal then uses that one. A limit of 0 (no rehearsal) starts nothing."""
+    folder = _model_dir(tmp_path / "m", genuine[0])
+    model_file._ZYGOTE.close()
+    model_file.prepare_rehearsal(0)
+    assert model_file._ZYGOTE.pid is None
+    model_file.prepare_rehearsal(512)
+    early = model_file._ZYGOTE.pid
+    assert early is not None
+    rehearse(folder / "model.skops", 512)
+    assert model_file._ZYGOTE.pid == early
+
+
 def test_a_helper_that_dies_is_started_again_and_a_build_over_time_is_refused(tmp_path, genuine):
     folder = _model_dir(tmp_path / "m", genuine[0])
     rehearse(folder / "model.skops", 512)
