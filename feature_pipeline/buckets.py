@@ -91,8 +91,9 @@ def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120) -> int:
 
 def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool = False,
                    buckets: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, workdir: Path | None = None,
-                   location: Path | None = None) -> BucketedBuild:
+                   location: Path | None = None, spark_master: str | None = None) -> BucketedBuild:
     """The local engine's build (see the module docstring). ``buckets=None``: from the source's size.
+    ``spark_master``: step 3 runs as Spark tasks, one group per entity bucket (the Spark engine).
 
     Raises (:class:`RawDataError`, :class:`SourceError`, :class:`StrictSchemaError`) before anything is
     written to the store; the caller publishes ``rows()`` and then calls ``cleanup()``."""
@@ -174,29 +175,19 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
         if stats["superseded"]:
             log.info("%d superseded row(s) replaced by later edits", stats["superseded"])
 
-        # 3. features, per entity bucket
-        outputs: list[Path] = []
-        unlabeled = 0
-        done = 0
-        t1 = time.perf_counter()
-        for b in range(buckets):
-            frame = part.read("e", b)
-            if frame is None:
-                continue
-            frame = frame[~frame["__row"].isin(dropped)]
-            frame = frame.drop(columns="__row").sort_values(spec.record_id, kind="stable").reset_index(drop=True)
-            if frame.empty:
-                continue
-            features = compute_batch(frame, spec)
-            unlabeled += int(features[spec.label].isna().sum())
-            outputs.append(_write_output(folder / f"out-{b:05d}.pkl", features, spec))
-            done += len(features)
-            part.remove("e", b)
-            elapsed = time.perf_counter() - t1
-            rate = done / max(elapsed, 1e-9)
-            log.info("bucket %d/%d: %d rows; %d of %d rows computed (%.0f rows/s, ETA %.0fs)", b + 1, buckets,
-                     len(features), done, kept - stats["superseded"], rate,
-                     max(kept - stats["superseded"] - done, 0) / max(rate, 1e-9))
+        # 3. features, per entity bucket: here, or as Spark tasks over the same buckets
+        target = kept - stats["superseded"]
+        drop = np.sort(np.fromiter(dropped, dtype=np.int64, count=len(dropped)))
+        if spark_master:
+            from feature_pipeline.spark_engine import compute_buckets
+
+            done_buckets = compute_buckets(folder, buckets, loaded, drop, spark_master, target)
+            engine: dict[str, Any] = {"name": "spark", "buckets": buckets, "master": spark_master}
+        else:
+            done_buckets = _compute_here(folder, buckets, loaded, drop, target)
+            engine = {"name": "local", "buckets": buckets}
+        outputs = [d.output for d in done_buckets if d.output is not None]
+        unlabeled = sum(d.unlabeled for d in done_buckets)
 
         # 4. the checksum over the merged, record-id-ordered rows
         h = ft.checksum_hasher()
@@ -207,12 +198,61 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
         manifest = make_manifest(loaded, checksum=h.hexdigest(), row_count=n, source_format=src.format,
                                  source_location=where, source_sha256=sha, as_of=as_of,
                                  source_rows=source_rows, extra=extra, warnings=warnings, unlabeled=unlabeled,
-                                 engine={"name": "local", "buckets": buckets})
+                                 engine=engine)
         log.info("built %d feature rows in %d bucket(s) in %.1fs", n, buckets, time.perf_counter() - t0)
         return BucketedBuild(manifest, warnings, stats, folder, outputs)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+@dataclass(frozen=True)
+class BucketDone:
+    """One entity bucket's features: its output file (None: no row left) and counts."""
+
+    bucket: int
+    output: Path | None
+    rows: int
+    unlabeled: int
+
+
+def compute_bucket(folder: Path, buckets: int, b: int, loaded: LoadedSpec, dropped: np.ndarray) -> BucketDone:
+    """Entity bucket ``b`` of the partition in ``folder``: its rows minus the ``dropped`` source rows, sorted
+    by record id, through the shared transformers, rendered and written sorted by record id. The same
+    function runs here (local engine) and in a Spark task (:mod:`feature_pipeline.spark_engine`)."""
+    spec = loaded.spec
+    part = _Partition(folder, buckets)
+    frame = part.read("e", b)
+    if frame is None:
+        return BucketDone(b, None, 0, 0)
+    frame = frame[~frame["__row"].isin(dropped)]
+    frame = frame.drop(columns="__row").sort_values(spec.record_id, kind="stable").reset_index(drop=True)
+    if frame.empty:
+        return BucketDone(b, None, 0, 0)
+    features = compute_batch(frame, spec)
+    out = _write_output(folder / f"out-{b:05d}.pkl", features, spec)
+    part.remove("e", b)
+    return BucketDone(b, out, len(features), int(features[spec.label].isna().sum()))
+
+
+def _compute_here(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int
+                  ) -> list[BucketDone]:
+    done: list[BucketDone] = []
+    rows = 0
+    t1 = time.perf_counter()
+    for b in range(buckets):
+        d = compute_bucket(folder, buckets, b, loaded, dropped)
+        done.append(d)
+        rows += d.rows
+        if d.rows:
+            log_bucket_progress(b + 1, buckets, d.rows, rows, target, time.perf_counter() - t1)
+    return done
+
+
+def log_bucket_progress(n: int, buckets: int, rows: int, done: int, target: int, elapsed: float) -> None:
+    rate = done / max(elapsed, 1e-9)
+    log.info("bucket %d/%d: %d rows; %d of %d rows computed (%.0f rows/s, ETA %.0fs)", n, buckets, rows, done,
+             target, rate, max(target - done, 0) / max(rate, 1e-9))
 
 
 # ---------------------------------------------------------------------- the source, in chunks

@@ -11,10 +11,14 @@ from shared.settings import CommonSettings
 class Settings(CommonSettings):
     """``FTI_DATABASE_URL`` and ``FTI_DATA_DIR``; the source location lives in the spec."""
 
-    feature_engine: Literal["memory", "local"] = Field(
+    feature_engine: Literal["memory", "local", "spark"] = Field(
         default="memory", description="FTI_FEATURE_ENGINE: how `fti features run` builds a version: memory (the "
-        "whole source at once) or local (bounded memory: entity-hash buckets on disk, the same rows and "
-        "checksum; feature_pipeline/buckets.py)")
+        "whole source at once), local (bounded memory: entity-hash buckets on disk, the same rows and "
+        "checksum; feature_pipeline/buckets.py) or spark (the local engine's buckets computed as Spark tasks, "
+        "the same checksum; feature_pipeline/spark_engine.py; needs the spark extra and Java 17)")
+    spark_master: str = Field(default="local[*]", description="FTI_SPARK_MASTER: the Spark engine's master "
+                              "(local[*]: this machine's cores; spark://host:7077 for a cluster, whose executors "
+                              "must see FTI_FEATURE_WORK_DIR and have fti installed)")
     feature_buckets: int | None = Field(default=None, ge=1, le=100_000, description="FTI_FEATURE_BUCKETS: entity "
                                         "buckets of the local engine (default: about 250,000 source rows each)")
     feature_chunk_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="FTI_FEATURE_CHUNK_ROWS: "

@@ -57,19 +57,20 @@ def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, str
     """Build with the chosen engine (``--engine``, else ``FTI_FEATURE_ENGINE``) and publish atomically."""
     t0 = time.perf_counter()
     which = engine_name or settings.feature_engine
-    if which == "local":
+    if which in ("local", "spark"):
         from feature_pipeline.buckets import build_bucketed
 
         built = build_bucketed(loaded, as_of=parse_as_of(as_of), strict=strict,
                                buckets=buckets or settings.feature_buckets, chunk_rows=settings.feature_chunk_rows,
-                               workdir=settings.feature_work_dir)
+                               workdir=settings.feature_work_dir,
+                               spark_master=settings.spark_master if which == "spark" else None)
         try:
             published = _publish(settings, built.manifest, built.rows())
         finally:
             built.cleanup()
         return RunResult(published, built.warnings, time.perf_counter() - t0)
     if which != "memory":
-        raise ValueError(f"unknown feature engine {which!r}: memory or local")
+        raise ValueError(f"unknown feature engine {which!r}: memory, local or spark")
     manifest, rows, warnings = build(loaded, as_of=parse_as_of(as_of), strict=strict)
     return RunResult(_publish(settings, manifest, rows), warnings, time.perf_counter() - t0)
 

@@ -543,11 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")
     r.add_argument("--as-of", help="cutoff (ISO 8601): only rows that happened and arrived by then")
     r.add_argument("--strict", action="store_true", help="fail on source columns the spec does not declare")
-    r.add_argument("--engine", choices=["memory", "local"], help="memory: the whole source at once; local: bounded "
-                   "memory, entity-hash buckets on disk -- the same rows and checksum (default: FTI_FEATURE_ENGINE, "
-                   "memory)")
-    r.add_argument("--buckets", type=int, help="the local engine's entity buckets (default: FTI_FEATURE_BUCKETS, "
-                   "else about 250,000 source rows each)")
+    r.add_argument("--engine", choices=["memory", "local", "spark"], help="memory: the whole source at once; local: "
+                   "bounded memory, entity-hash buckets on disk; spark: the same buckets computed as Spark tasks on "
+                   "FTI_SPARK_MASTER (needs the spark extra and Java 17) -- all three give the same rows and checksum "
+                   "(default: FTI_FEATURE_ENGINE, memory)")
+    r.add_argument("--buckets", type=int, help="the local and spark engines' entity buckets (default: "
+                   "FTI_FEATURE_BUCKETS, else about 250,000 source rows each)")
     r.set_defaults(func=cmd_features_run)
     ls = feats.add_parser("list", help="list feature versions")
     ls.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")

@@ -10,7 +10,10 @@
 # 2. Exports UV_SYSTEM_CERTS=1 (TLS through the system trust store / proxy CA) and
 #    UV_PYTHON_DOWNLOADS=never (use the machine's python3.11, never download one).
 # 3. Runs `uv sync --frozen --all-extras --compile-bytecode --python python3.11` in the repo
-#    root, producing .venv exactly as pinned by uv.lock, with bytecode written once.
+#    root, producing .venv exactly as pinned by uv.lock, with bytecode written once. The `spark`
+#    extra (pyspark, a 456 MB download, for `fti features run --engine spark`) only with
+#    FTI_WITH_SPARK=1 -- scripts/test.sh sets it, the demo does not; without it the sync is
+#    --inexact, so a pyspark installed earlier stays.
 #
 # When sourced, the work runs in a subshell with `set -euo pipefail` so the
 # caller's shell options are untouched; a failure returns non-zero.
@@ -61,8 +64,10 @@ _fti_bootstrap_main() {
 
     # --compile-bytecode (and compileall for the repo's own packages): with PYTHONDONTWRITEBYTECODE
     # set, as on CI machines, every process would otherwise recompile pandas/sklearn/mlflow at start.
-    _fti_log "uv sync --frozen --all-extras --compile-bytecode in $FTI_REPO_ROOT"
-    (cd "$FTI_REPO_ROOT" && "$uv" sync --frozen --all-extras --compile-bytecode --python python3.11 \
+    local extras=(--all-extras)
+    [[ "${FTI_WITH_SPARK:-0}" == 1 ]] || extras+=(--no-extra spark --inexact)
+    _fti_log "uv sync --frozen ${extras[*]} --compile-bytecode in $FTI_REPO_ROOT"
+    (cd "$FTI_REPO_ROOT" && "$uv" sync --frozen "${extras[@]}" --compile-bytecode --python python3.11 \
         && .venv/bin/python -m compileall -q -j 0 shared feature_pipeline training_pipeline inference_service fti bench)
     _fti_log "ready: $FTI_REPO_ROOT/.venv ($("$FTI_REPO_ROOT/.venv/bin/python" --version 2>&1))"
 }

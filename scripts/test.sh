@@ -12,7 +12,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-bash "$root/scripts/bootstrap.sh"
+# every extra, pyspark included: the Spark engine's tests run (FTI_WITH_SPARK=0 skips them)
+FTI_WITH_SPARK="${FTI_WITH_SPARK:-1}" bash "$root/scripts/bootstrap.sh"
 export UV_SYSTEM_CERTS=1 UV_PYTHON_DOWNLOADS=never
 
 cd "$root"

@@ -19,7 +19,7 @@ def user_error_message(exc: BaseException) -> str | None:
         return "invalid settings (check the FTI_* / MLFLOW_* environment variables):\n" + "\n".join(lines)
     module = type(exc).__module__
     name = type(exc).__name__
-    if name in {"SourceError", "StrictSchemaError", "ServeConfigError", "MonitorError", "RetrainError", "RollbackError"}:
+    if name in {"SourceError", "StrictSchemaError", "SparkUnavailable", "ServeConfigError", "MonitorError", "RetrainError", "RollbackError"}:
         return str(exc)
     if module.startswith("sqlalchemy") and name == "OperationalError":
         return f"database error: {str(exc).splitlines()[0]} (is the database running and FTI_DATABASE_URL right?)"

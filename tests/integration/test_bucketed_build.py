@@ -2,10 +2,12 @@
 checksum for 1, 2 and 7 entity buckets and small source chunks -- on the demo source, on a source with
 edits (one of them moving a claim to another policyholder), late arrivals and an as-of cutoff, on Parquet,
 and on a generated source of 200k+ rows; the same problems, with the same source row numbers; and
-``fti features run --engine local`` publishing the version the in-memory engine publishes."""
+``fti features run --engine local`` publishing the version the in-memory engine publishes. The Spark
+engine (the same buckets as Spark tasks, ``local[2]``) gives the same rows and checksum."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,18 @@ from tests.helpers import fti_env, run_fti, write_claims_spec
 
 pytestmark = [pytest.mark.integration]
 
+SPARK = "local[2]"
+
 
 def _memory(spec_path: Path, as_of: pd.Timestamp | None = None) -> featureset.Built:
     loaded = load_spec(spec_path)
     return featureset.build(loaded, extract(loaded), as_of=as_of)
 
 
-def _local(spec_path: Path, tmp: Path, buckets: int, chunk_rows: int, as_of: pd.Timestamp | None = None
-           ) -> tuple[str, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    built = build_bucketed(load_spec(spec_path), as_of=as_of, buckets=buckets, chunk_rows=chunk_rows, workdir=tmp)
+def _local(spec_path: Path, tmp: Path, buckets: int, chunk_rows: int, as_of: pd.Timestamp | None = None,
+           spark_master: str | None = None) -> tuple[str, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    built = build_bucketed(load_spec(spec_path), as_of=as_of, buckets=buckets, chunk_rows=chunk_rows, workdir=tmp,
+                           spark_master=spark_master)
     try:
         return built.checksum, list(built.rows()), built.manifest, built.stats
     finally:
@@ -39,14 +44,14 @@ def _local(spec_path: Path, tmp: Path, buckets: int, chunk_rows: int, as_of: pd.
 
 
 def _assert_same(memory: featureset.Built, local: tuple[str, list[dict[str, Any]], dict[str, Any], dict[str, Any]],
-                 buckets: int) -> None:
+                 buckets: int, engine: dict[str, Any] | None = None) -> None:
     checksum, rows, manifest, stats = local
     assert checksum == memory.checksum
     assert rows == memory.rows  # every row, in record-id order, byte for byte
     for key in ("row_count", "as_of", "source_sha256", "columns", "spec_hash", "source_format"):
         assert manifest[key] == memory.manifest[key], key
     details = dict(manifest["details"])
-    assert details.pop("engine") == {"name": "local", "buckets": buckets}
+    assert details.pop("engine") == (engine or {"name": "local", "buckets": buckets})
     assert details == memory.manifest["details"]
     assert stats == memory.stats
 
@@ -146,6 +151,34 @@ def test_a_generated_source_of_200k_rows_gives_the_in_memory_checksum(tmp_path_f
         checksum, rows, manifest, _ = _local(spec_path, folder.parent / "work", buckets, chunk_rows=50_000)
         assert checksum == memory.checksum and manifest["row_count"] == memory.manifest["row_count"]
         assert rows == memory.rows
+    if importlib.util.find_spec("pyspark") is not None:  # the spark extra (CI installs every extra)
+        checksum, rows, manifest, _ = _local(spec_path, folder.parent / "work", 7, chunk_rows=50_000,
+                                             spark_master=SPARK)
+        assert manifest["details"]["engine"] == {"name": "spark", "buckets": 7, "master": SPARK}
+        assert checksum == memory.checksum and rows == memory.rows
+
+
+@pytest.fixture(scope="module")
+def spark() -> Any:
+    """One Spark session (``local[2]``) for the module's Spark builds, stopped at the end."""
+    pytest.importorskip("pyspark", reason="the spark extra is not installed (uv sync --extra spark)")
+    from feature_pipeline.spark_engine import session
+
+    s = session(SPARK)
+    yield s
+    s.stop()
+
+
+def test_spark_local2_gives_the_in_memory_rows_and_checksum_in_three_reruns(demo: Path, tmp_path: Path,
+                                                                            spark: Any) -> None:
+    """The Spark engine: the same buckets through ``groupBy(bucket).applyInPandas`` -- every row and the
+    checksum are the in-memory build's for 1, 2 and 7 buckets, and three reruns give the same."""
+    memory = _memory(demo)
+    for buckets in (1, 2, 7):
+        _assert_same(memory, _local(demo, tmp_path / "work", buckets, chunk_rows=500, spark_master=SPARK), buckets,
+                     {"name": "spark", "buckets": buckets, "master": SPARK})
+    for _ in range(2):
+        assert _local(demo, tmp_path / "work", 2, chunk_rows=500, spark_master=SPARK)[0] == memory.checksum
 
 
 def test_features_run_with_the_local_engine_publishes_the_in_memory_version(demo: Path, tmp_path: Path) -> None:
