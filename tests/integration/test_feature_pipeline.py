@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -467,9 +468,31 @@ def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_ur
     assert checksum == featureset.build(loaded, extract(loaded)).checksum
 
 
+def _children(pid: int) -> dict[int, str]:
+    """The processes whose parent is ``pid`` (pid -> command line)."""
+    found: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie's parent, init here, has yet to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("engine", ["local"])
+@pytest.mark.parametrize("engine", ["local", "spark"])
 def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_publishes(
         pg_database: str, tmp_path: Path, engine: str) -> None:
     """At scale (>= 1M source rows, into PostgreSQL): ``fti features run`` killed with SIGKILL once half the
@@ -477,7 +500,8 @@ def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_pub
     whose stored rows give its manifest's checksum. The same kill at 27k rows, in every phase and on both
     backends, is the test above. The bounded-memory local engine is the one meant for this scale; the
     in-memory path publishes through the same ``feature_pipeline.load.publish`` (it passed this test at
-    1M rows too, in 150 s of CI time, now spent elsewhere)."""
+    1M rows too, in 150 s of CI time, now spent elsewhere). The Spark engine (``local[2]``) also leaves no
+    Spark process behind: its JVM, a child of the killed job, exits when the job's end of its pipe closes."""
     import os
     import signal
 
@@ -487,20 +511,24 @@ def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_pub
     rows = copy_claims_source(spec.parent / "raw" / "claims.csv", 1_000_000)
     assert rows >= 1_000_000
     work = tmp_path / "work"
+    if engine == "spark":
+        pytest.importorskip("pyspark", reason="the spark extra is not installed (uv sync --extra spark)")
     env = {**_env(tmp_path, pg_database), "FTI_FEATURE_ENGINE": engine, "FTI_FEATURE_WORK_DIR": str(work),
-           "FTI_LOG_LEVEL": "INFO"}
+           "FTI_LOG_LEVEL": "INFO", "FTI_SPARK_MASTER": "local[2]"}
     exe = Path(sys.executable).parent / "fti"
     marker = re.compile(r"writing version 1: (\d+)/(\d+) rows")
     proc = subprocess.Popen([str(exe), "features", "run", "--spec", str(spec)], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: list[str] = []
     killed_at = None
+    children: dict[int, str] = {}
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
             seen.append(line)
             found = marker.search(line)
             if found and int(found.group(1)) * 2 >= int(found.group(2)):
+                children = _children(proc.pid)
                 os.kill(proc.pid, signal.SIGKILL)
                 killed_at = (int(found.group(1)), int(found.group(2)))
                 break
@@ -510,6 +538,12 @@ def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_pub
         proc.wait(timeout=600)
     assert proc.returncode == -signal.SIGKILL and killed_at is not None, "".join(seen)[-3000:]
     assert _counts(pg_database) == (0, 0), f"killed at {killed_at[0]:,}/{killed_at[1]:,} rows: a partial version"
+    if engine == "spark":
+        assert any("java" in cmd for cmd in children.values()), children  # the Spark JVM was running
+    deadline = time.monotonic() + 60
+    while (left := {pid: cmd for pid, cmd in children.items() if _running(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the killed job still running: {left}"
     res = run_fti(["features", "run", "--spec", str(spec)], env, timeout=900)
     assert res.returncode == 0, _explain(res)
     assert _run_line(res.stdout) == (1, "created")
