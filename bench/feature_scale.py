@@ -5,10 +5,11 @@
 1. **A source of N rows**: the demo generator's claims for ``--policyholders`` policyholders, copied with
    renamed claim and policyholder ids until N rows (each copy its own policyholders, so every entity's
    history is as the generator makes it), written as one CSV.
-2. **The job, as users run it**: ``fti features run --spec ... --engine local`` (and ``--engine memory`` up to
-   ``--memory-max`` rows) as a subprocess into a throwaway PostgreSQL database: wall time, rows/s end to end,
-   and the peak RSS of the process tree (sampled from ``/proc`` every 0.2 s). The versions' checksums are
-   compared across engines.
+2. **The job, as users run it**: ``fti features run --spec ... --engine local`` (``--engine memory`` up to
+   ``--memory-max`` rows, ``--engine spark`` on ``local[2]`` up to ``--spark-max`` rows) as a subprocess into a
+   throwaway PostgreSQL database: wall time, rows/s end to end, and the peak RSS of the process tree (sampled
+   from ``/proc`` every 0.2 s; for Spark: the driver, its JVM and its Python workers). The versions'
+   checksums are compared across engines.
 3. **A bare COPY of the finished feature rows** in the same run and server: the version's rows read back
    into memory (not timed), then ``COPY ... FROM STDIN`` into a table made ``LIKE`` the feature table
    (its indexes included) in one transaction, as the job does: rows/s.
@@ -122,13 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     p.add_argument("--memory-max", type=int, default=1_000_000, help="run --engine memory up to this many rows")
+    p.add_argument("--spark-max", type=int, default=10**9, help="run --engine spark (local[2]) up to this many rows "
+                   "(when pyspark is installed)")
     p.add_argument("--policyholders", type=int, default=4000)
     p.add_argument("--json", help="default: bench/results/feature_scale.json (smoke: in the work folder)")
     p.add_argument("--workdir")
     p.add_argument("--smoke", action="store_true", help="tiny: a harness check, numbers mean nothing")
     args = p.parse_args(argv)
     if args.smoke:
-        args.rows, args.policyholders, args.memory_max = [3_000, 9_000], 300, 10_000
+        args.rows, args.policyholders, args.memory_max, args.spark_max = [3_000, 9_000], 300, 10_000, 3_000
+    import importlib.util
+
+    spark = importlib.util.find_spec("pyspark") is not None
     from tests.infra.postgres import create_database, start_postgres, stop_postgres, to_conninfo
 
     work = Path(args.workdir) if args.workdir else TMP_DIR / f"feature-scale-{int(time.time())}-{os.getpid()}"
@@ -141,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.rows:
             spec_path, n = write_source(work / f"src-{target}", target, args.policyholders)
             jobs = []
-            for engine in (["local", "memory"] if target <= args.memory_max else ["local"]):
+            engines = ["local"] + (["memory"] if target <= args.memory_max else []) \
+                + (["spark"] if spark and target <= args.spark_max else [])
+            for engine in engines:
                 url = create_database(server.url, f"fti_{engine}_{target}")
                 env = base_env(work / f"data-{engine}-{target}", os.environ.get("OMP_NUM_THREADS", "1"))
                 env["FTI_DATABASE_URL"] = url
                 env["FTI_FEATURE_WORK_DIR"] = str(work / "buckets")
+                env["FTI_SPARK_MASTER"] = "local[2]"
                 job = run_job(spec_path, env, engine, work / "logs" / f"{engine}-{target}.log")
                 job.update(latest_version(url), rows_per_s=round(n / job["seconds"], 1))
                 log(f"{n:,} rows, {engine}: {job['seconds']} s, {job['rows_per_s']:,.0f} rows/s, peak RSS "
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
               "checksums_equal": all(len({j["checksum"] for j in s["jobs"]}) == 1 for s in sizes),
               "linearity": per_row[-1] / per_row[0], "load_avg_1m": load,
               "machine": machine_description(os.environ.get("OMP_NUM_THREADS", "1")),
-              "spark": "not run: --engine spark is not built yet"}
+              "spark": "local[2]" if spark else "not run: pyspark is not installed (uv sync --extra spark)"}
     from bench.report import publish_results
 
     publish_results(result, markdown(result), name="feature_scale", args=args, work=work, marks=(MARK_BEGIN, MARK_END),

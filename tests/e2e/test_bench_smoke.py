@@ -10,6 +10,7 @@ was measured and that no request failed, and never asserts timings or whether a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -121,16 +122,19 @@ def test_monitoring_benchmark_smoke_run(tmp_path):
 @pytest.mark.timeout(600)
 def test_feature_scale_benchmark_smoke_run(tmp_path):
     """``bench/feature_scale.py --smoke``: sources of two sizes, ``fti features run`` with the local and the
-    memory engine into a throwaway PostgreSQL, a bare COPY of the same rows. Checks every number was
+    memory engine (and Spark on the smaller one) into a throwaway PostgreSQL, a bare COPY of the same rows. Checks every number was
     measured and the engines' checksums agree; asserts no timing."""
     results = _smoke_run("feature_scale", tmp_path)
     assert results["mode"] == "smoke" and results["checksums_equal"] is True
     assert [s["rows"] for s in results["sizes"]] == sorted(s["rows"] for s in results["sizes"])
-    for size in results["sizes"]:
-        assert {j["engine"] for j in size["jobs"]} == {"local", "memory"}, size
+    spark = importlib.util.find_spec("pyspark") is not None
+    assert results["spark"] == ("local[2]" if spark else results["spark"])
+    for i, size in enumerate(results["sizes"]):
+        expected = {"local", "memory"} | ({"spark"} if spark and i == 0 else set())  # spark: the smaller size
+        assert {j["engine"] for j in size["jobs"]} == expected, size
         for job in size["jobs"]:
             assert job["rows"] == size["rows"] and job["seconds"] > 0 and job["peak_rss_mib"] > 0, job
-            assert job["details"].get("engine", {"name": "memory"})["name"] in ("local", "memory"), job
+            assert job["details"].get("engine", {"name": "memory"})["name"] == job["engine"], job
         assert size["copy"]["rows"] == size["rows"] and size["copy"]["rows_per_s"] > 0, size
     assert results["linearity"] > 0
 
