@@ -4,7 +4,8 @@ Why this shape: the feature values must be the in-memory build's bit for bit, an
 functions are not (their float sums differ in the last bits in about half the rows; see
 ``docs/features.md``). So Spark runs fti's shared transformer, not a re-implementation: the source is
 partitioned by entity hash exactly as the local engine does (:mod:`feature_pipeline.buckets`), and
-``groupBy(bucket).applyInPandas`` runs :func:`feature_pipeline.buckets.compute_bucket` once per bucket.
+``groupBy(bucket).applyInPandas`` runs :func:`feature_pipeline.buckets.compute_bucket` once per bucket, one
+bucket per partition, as many at once as the master has cores.
 Each task reads its bucket from the build's work folder and writes its rendered rows back there; only
 (bucket, rows, unlabeled) travel through Spark. The driver then merges, checksums and publishes the
 outputs as the local engine does -- so the checksum is the local engine's for the same source.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -55,6 +57,7 @@ def session(master: str) -> Any:
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.python.worker.reuse", "true")
+               .config("spark.sql.adaptive.coalescePartitions.enabled", "false")
                .config("spark.sql.execution.pyspark.udf.faulthandler.enabled", "true"))
     for k, v in threads.items():
         builder = builder.config(f"spark.executorEnv.{k}", v)
@@ -89,10 +92,38 @@ def compute_buckets(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.
             out.append((d.bucket, "" if d.output is None else str(d.output), d.rows, d.unlabeled))
         return pd.DataFrame(out, columns=["bucket", "output", "rows", "unlabeled"])
 
-    ids = spark.range(buckets).withColumnRenamed("id", "bucket").repartition(buckets, "bucket")
+    # One bucket per partition (range partitioning of distinct ids), so local[2] runs two buckets at once;
+    # collect() runs every partition in parallel (toLocalIterator would run them one after another).
+    frame = (spark.range(buckets).withColumnRenamed("id", "bucket").repartitionByRange(buckets, "bucket")
+             .groupBy("bucket").applyInPandas(task, schema=_SCHEMA))
+    rows_out: list[Any] = []
+    failed: list[BaseException] = []
+
+    def collect() -> None:
+        try:
+            rows_out.extend(frame.collect())
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=collect, name="fti-spark-collect", daemon=True)
+    worker.start()
+    tracker = spark.sparkContext.statusTracker()
+    shown = -1
+    while worker.is_alive():
+        worker.join(2.0)
+        stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+        finished = max((st.numCompletedTasks for st in stages if st is not None and st.numTasks == buckets),
+                       default=None)
+        if finished is not None and finished != shown and finished > 0:
+            shown = finished
+            elapsed = time.perf_counter() - t0
+            log.info("spark: %d/%d bucket task(s) done (%.0fs, ETA %.0fs)", finished, buckets, elapsed,
+                     elapsed / finished * (buckets - finished))
+    if failed:
+        raise failed[0]
     done: list[BucketDone] = []
     rows = 0
-    for r in ids.groupBy("bucket").applyInPandas(task, schema=_SCHEMA).toLocalIterator():
+    for r in sorted(rows_out, key=lambda r: int(r["bucket"])):
         d = BucketDone(int(r["bucket"]), Path(r["output"]) if r["output"] else None, int(r["rows"]),
                        int(r["unlabeled"]))
         done.append(d)
