@@ -245,11 +245,11 @@ def _compute_here(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.nd
         done.append(d)
         rows += d.rows
         if d.rows:
-            log_bucket_progress(b + 1, buckets, d.rows, rows, target, time.perf_counter() - t1)
+            _log_bucket_progress(b + 1, buckets, d.rows, rows, target, time.perf_counter() - t1)
     return done
 
 
-def log_bucket_progress(n: int, buckets: int, rows: int, done: int, target: int, elapsed: float) -> None:
+def _log_bucket_progress(n: int, buckets: int, rows: int, done: int, target: int, elapsed: float) -> None:
     rate = done / max(elapsed, 1e-9)
     log.info("bucket %d/%d: %d rows; %d of %d rows computed (%.0f rows/s, ETA %.0fs)", n, buckets, rows, done,
              target, rate, max(target - done, 0) / max(rate, 1e-9))

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from feature_pipeline.buckets import BucketDone, compute_bucket, log_bucket_progress
+from feature_pipeline.buckets import BucketDone, compute_bucket
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -121,14 +121,12 @@ def compute_buckets(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.
                      elapsed / finished * (buckets - finished))
     if failed:
         raise failed[0]
-    done: list[BucketDone] = []
-    rows = 0
-    for r in sorted(rows_out, key=lambda r: int(r["bucket"])):
-        d = BucketDone(int(r["bucket"]), Path(r["output"]) if r["output"] else None, int(r["rows"]),
-                       int(r["unlabeled"]))
-        done.append(d)
-        rows += d.rows
-        log_bucket_progress(len(done), buckets, d.rows, rows, target, time.perf_counter() - t0)
+    done = [BucketDone(int(r["bucket"]), Path(r["output"]) if r["output"] else None, int(r["rows"]),
+                       int(r["unlabeled"])) for r in sorted(rows_out, key=lambda r: int(r["bucket"]))]
+    for n, d in enumerate(done, 1):  # all finished together: counts only, no rate or ETA per bucket
+        log.info("bucket %d/%d: %d rows", n, buckets, d.rows)
+    rows, elapsed = sum(d.rows for d in done), time.perf_counter() - t0
+    log.info("spark: %d of %d rows computed in %.0fs (%.0f rows/s)", rows, target, elapsed, rows / max(elapsed, 1e-9))
     if sorted(d.bucket for d in done) != list(range(buckets)):
         raise RuntimeError(f"Spark returned buckets {sorted(d.bucket for d in done)}, expected 0..{buckets - 1}")
     return sorted(done, key=lambda d: d.bucket)

@@ -9,6 +9,7 @@ Results are checked independently with SQLAlchemy and ``shared.feature_table``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -469,15 +470,14 @@ def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_ur
 
 
 def _children(pid: int) -> dict[int, str]:
-    """The processes whose parent is ``pid`` (pid -> command line)."""
+    """The descendants of ``pid`` (pid -> command line)."""
+    from bench.servers import process_tree
+
     found: dict[int, str] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
+    for child in process_tree(pid):
+        with contextlib.suppress(OSError):
+            if child != pid:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     return found
 
 
