@@ -19,11 +19,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from shared import raw_plain
 from shared.spec import ColumnSpec, ColumnType, DatasetSpec
 from shared.transformers import MISSING_CATEGORY
 
@@ -169,8 +171,39 @@ def _parse_numeric(values: np.ndarray, col: ColumnSpec, strict_json: bool
             out[i] = f
             continue
         bad.append(i)
-    kind = "true/false" if is_bool else ("an integer" if col.type == ColumnType.INT else "a number")
-    return out, bad, kind
+    return out, bad, _number_kind(col)
+
+
+def _number_kind(col: ColumnSpec) -> str:
+    return "true/false" if col.type == ColumnType.BOOL else ("an integer" if col.type == ColumnType.INT else "a number")
+
+
+def _with_plain(raw: np.ndarray, plain: raw_plain.Plain, parse: Any, *, plain_values: np.ndarray | None = None
+                ) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """A column's (values, bad rows, missing): its plain cells as :mod:`shared.raw_plain` decided them,
+    the rest through ``parse`` (the cell-by-cell rule: sub-array -> (values, bad positions, ...))."""
+    rest = np.flatnonzero(~plain.mask)
+    source = plain_values if plain_values is not None else plain.values
+    assert source is not None
+    values = source.copy()
+    missing = plain.missing.copy() if plain.missing is not None else np.zeros(len(raw), dtype=bool)
+    bad: list[int] = []
+    if len(rest):
+        sub = raw[rest]
+        parsed = parse(sub)
+        sub_values, sub_bad = parsed[0], parsed[1]
+        values[rest] = sub_values
+        missing[rest] = _missing_mask(sub)
+        bad = [int(rest[i]) for i in sub_bad]
+    return values, bad, missing
+
+
+def _too_long(values: np.ndarray, max_length: int) -> list[int]:
+    return [i for i, v in enumerate(values) if isinstance(v, str) and len(v) > max_length]
+
+
+def _reserved(values: np.ndarray) -> list[int]:
+    return [i for i, v in enumerate(values) if isinstance(v, str) and v == MISSING_CATEGORY]
 
 
 def _parse_text(values: np.ndarray, strict_json: bool) -> tuple[np.ndarray, list[int]]:
@@ -259,9 +292,9 @@ def _as_object_array(series_or_values: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- core
 
 def _normalize_columns(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, columns: list[str],
-                       *, strict_json: bool, problems: Problems) -> pd.DataFrame:
+                       *, strict_json: bool, problems: Problems, plain_cells: bool = True) -> pd.DataFrame:
     return frame_from_arrays(_normalize_arrays(data, n_rows, spec, columns, strict_json=strict_json,
-                                               problems=problems), n_rows, spec)
+                                               problems=problems, plain_cells=plain_cells), n_rows, spec)
 
 
 def frame_from_arrays(arrays: Mapping[str, np.ndarray], n_rows: int, spec: DatasetSpec) -> pd.DataFrame:
@@ -280,17 +313,28 @@ def frame_from_arrays(arrays: Mapping[str, np.ndarray], n_rows: int, spec: Datas
 
 
 def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, columns: list[str],
-                      *, strict_json: bool, problems: Problems) -> dict[str, np.ndarray]:
+                      *, strict_json: bool, problems: Problems, plain_cells: bool = True) -> dict[str, np.ndarray]:
     """Each column's canonical values as a numpy array: numbers float64 (NaN missing), text objects
-    (NaN missing), timestamps epoch microseconds UTC (``NAT_MICROS`` missing), keys strings."""
+    (NaN missing), timestamps epoch microseconds UTC (``NAT_MICROS`` missing), keys strings.
+
+    ``plain_cells``: a source's text columns (never JSON records, whose numbers are typed) have their
+    plain cells decided a column at a time (:mod:`shared.raw_plain`), the same result as cell by cell."""
     out: dict[str, Any] = {}
     key_columns = {spec.record_id, spec.entity_key}
     for name in columns:
         col = spec.columns[name]
         raw = _as_object_array(data[name])
-        missing = _missing_mask(raw)
+        arrow = raw_plain.arrow_strings(data[name]) \
+            if plain_cells and not strict_json and n_rows >= raw_plain.MIN_ROWS else None
         if col.type.is_numeric:
-            values, bad, kind = _parse_numeric(raw, col, strict_json)
+            if arrow is None:
+                missing = _missing_mask(raw)
+                values, bad, kind = _parse_numeric(raw, col, strict_json)
+            else:
+                plain = raw_plain.numeric(arrow, raw, is_bool=col.type == ColumnType.BOOL,
+                                          true_words=sorted(_TRUE), false_words=sorted(_FALSE))
+                values, bad, missing = _with_plain(raw, plain, partial(_parse_numeric, col=col, strict_json=False))
+                kind = _number_kind(col)
             if bad:
                 problems.add("invalid_type", f"expected {kind}", name, bad)
             finite_bad = np.flatnonzero(np.isinf(values))
@@ -316,14 +360,26 @@ def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, c
             series: Any = _canonical_float(values)
             missing = missing | np.isnan(series)
         elif col.type.is_text:
-            values_t, bad = _parse_text(raw, strict_json)
+            if arrow is None:
+                missing = _missing_mask(raw)
+                values_t, bad = _parse_text(raw, strict_json)
+                too_long = _too_long(values_t, col.max_length)
+                reserved = _reserved(values_t) if col.type == ColumnType.CATEGORY else []
+            else:
+                plain = raw_plain.text(arrow)
+                values_t, bad, missing = _with_plain(raw, plain, partial(_parse_text, strict_json=False),
+                                                     plain_values=raw)
+                rest = np.flatnonzero(~plain.mask)
+                too_long = sorted(raw_plain.longer_than(arrow, col.max_length, plain.mask).tolist()
+                                  + [int(rest[i]) for i in _too_long(values_t[rest], col.max_length)])
+                reserved = sorted(raw_plain.equal_to(arrow, MISSING_CATEGORY, plain.mask).tolist()
+                                  + [int(rest[i]) for i in _reserved(values_t[rest])]) \
+                    if col.type == ColumnType.CATEGORY else []
             if bad:
                 problems.add("invalid_type", "expected a string", name, bad)
-            too_long = [i for i, v in enumerate(values_t) if isinstance(v, str) and len(v) > col.max_length]
             if too_long:
                 problems.add("too_long", f"longer than {col.max_length} characters", name, too_long)
             if col.type == ColumnType.CATEGORY:  # the caster's marker for a missing category: never data
-                reserved = [i for i, v in enumerate(values_t) if isinstance(v, str) and v == MISSING_CATEGORY]
                 if reserved:
                     problems.add("reserved_value", f"{MISSING_CATEGORY!r} is how a model input marks a missing "
                                  "category, so as data it would mean 'missing': leave the cell empty if it means "
@@ -333,7 +389,20 @@ def _normalize_arrays(data: Mapping[str, Any], n_rows: int, spec: DatasetSpec, c
         else:
             naive: list[int] = []
             aware: list[int] = []
-            micros, bad = _parse_timestamp_micros(raw, naive, aware)
+            if arrow is None:
+                missing = _missing_mask(raw)
+                micros, bad = _parse_timestamp_micros(raw, naive, aware)
+            else:
+                plain = raw_plain.timestamps(arrow, raw, low=MIN_TIMESTAMP, high=MAX_TIMESTAMP)
+                sub_naive: list[int] = []
+                sub_aware: list[int] = []
+                micros, bad, missing = _with_plain(
+                    raw, plain, partial(_parse_timestamp_micros, naive_rows=sub_naive, aware_rows=sub_aware))
+                rest = np.flatnonzero(~plain.mask)
+                assert plain.aware is not None and plain.missing is not None
+                decided = plain.mask & ~plain.missing
+                naive = sorted(np.flatnonzero(decided & ~plain.aware).tolist() + [int(rest[i]) for i in sub_naive])
+                aware = sorted(np.flatnonzero(plain.aware).tolist() + [int(rest[i]) for i in sub_aware])
             if bad:
                 problems.add("invalid_timestamp",
                              f"expected an ISO 8601 timestamp between {MIN_TIMESTAMP.year} and "
@@ -372,7 +441,7 @@ def check_unique(frame: pd.DataFrame, columns: list[str], problems: Problems, wh
         problems.add("duplicate_key", f"duplicate {what}", columns[0], np.flatnonzero(dup.to_numpy()))
 
 
-def normalize_frame(frame: pd.DataFrame, spec: DatasetSpec, *, require_label: bool = True
+def normalize_frame(frame: pd.DataFrame, spec: DatasetSpec, *, require_label: bool = True, plain_cells: bool = True
                     ) -> tuple[pd.DataFrame, Problems, list[str]]:
     """Normalise a source frame (file or SQL rows). Returns (frame, problems, extra columns).
 
@@ -395,7 +464,8 @@ def normalize_frame(frame: pd.DataFrame, spec: DatasetSpec, *, require_label: bo
         problems.add("empty", "the source has no rows")
         return pd.DataFrame(), problems, extra
     data = {c: frame[c].reset_index(drop=True) for c in wanted}
-    out = _normalize_columns(data, len(frame), spec, wanted, strict_json=False, problems=problems)
+    out = _normalize_columns(data, len(frame), spec, wanted, strict_json=False, problems=problems,
+                             plain_cells=plain_cells)
     return out, problems, extra
 
 
