@@ -241,11 +241,42 @@ _PAYLOAD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensur
 
 def encode_payloads(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """Canonical JSON text per row for ``columns``: ``_json_value`` of each cell, computed a column at a time
-    (:func:`json_column`), encoded with one encoder (``json.dumps`` with options builds one per call)."""
+    (:func:`json_column`), encoded with one encoder (``json.dumps`` with options builds one per call).
+
+    Where every cell is ``None``, ``bool``, ``int``, ``float`` or ``str`` (what :func:`json_column` gives for
+    the feature job's columns), each cell's JSON text is made a column at a time by the functions the
+    encoder itself calls for them (``float.__repr__``, ``int.__repr__``, its string escaper), and a row is
+    one ``%`` format of a template holding the sorted keys: the encoder's text, without a dict per row
+    (``tests/unit/shared/test_payload_encoding.py``). Any other cell type: the encoder, row by row."""
     values = [json_column(frame[c]) for c in columns]
     encode = _PAYLOAD_ENCODER.encode
-    return [encode(dict(zip(columns, row, strict=True))) for row in zip(*values, strict=True)] if values \
-        else [encode({}) for _ in range(len(frame))]
+    if not values:
+        return [encode({}) for _ in range(len(frame))]
+    texts = [_json_texts(v) for v in values]
+    if any(t is None for t in texts) or len(set(columns)) != len(columns):
+        return [encode(dict(zip(columns, row, strict=True))) for row in zip(*values, strict=True)]
+    order = sorted(range(len(columns)), key=lambda i: columns[i])  # sort_keys: Python's string order
+    template = "{" + ",".join(_encode_string(columns[i]).replace("%", "%%") + ":%s" for i in order) + "}"
+    return [template % row for row in zip(*(texts[i] for i in order), strict=True)]
+
+
+_encode_string = json.encoder.encode_basestring  # what the encoder uses with ensure_ascii=False
+_CELL_TEXT: dict[type, Any] = {type(None): lambda _: "null", bool: lambda b: "true" if b else "false",
+                               int: int.__repr__, float: float.__repr__, str: _encode_string}
+
+
+def _json_texts(values: list[Any]) -> list[str] | None:
+    """Each cell's JSON text as :data:`_PAYLOAD_ENCODER` writes it, or None if a cell is of another type.
+    Floats here are finite: :func:`json_column` gives ``None`` for NaN and refuses infinities."""
+    kinds = set(map(type, values))
+    if not kinds <= _CELL_TEXT.keys():
+        return None
+    for kind in (float, str, int):
+        if kinds <= {kind, type(None)}:
+            text = _CELL_TEXT[kind]
+            return ["null" if v is None else text(v) for v in values]
+    table = _CELL_TEXT
+    return [table[type(v)](v) for v in values]
 
 
 def json_column(series: pd.Series) -> list[Any]:

@@ -47,6 +47,32 @@ def test_payloads_are_the_cell_by_cell_encoding(seed: int) -> None:
     assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
 
 
+def test_keys_in_any_order_with_characters_to_escape_and_every_cell_kind() -> None:
+    """Columns given unsorted, keys that JSON or ``%`` formatting must escape, cells of every kind a row may
+    hold (bools beside ints, big ints, quotes, backslashes, control and non-ASCII characters)."""
+    rng = np.random.default_rng(5)
+    n = 300
+    frame = _frame(rng, n)
+    frame["%s 100%"] = np.array([True, False, 10**30, -7, None], dtype=object)[rng.integers(0, 5, size=n)]
+    frame['q"uote\\'] = np.array(['say "hi"', "back\\slash", "tab\there", "\x00\x1f", "\u2028", "é"],
+                                  dtype=object)[rng.integers(0, 6, size=n)]
+    frame["Ünïcode ✓"] = rng.normal(size=n)
+    frame["B"] = rng.integers(0, 3, size=n).astype(bool)
+    columns = list(frame.columns)
+    rng.shuffle(columns)
+    assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
+
+
+def test_a_cell_the_encoder_cannot_take_fails_as_it_did() -> None:
+    from decimal import Decimal
+
+    frame = pd.DataFrame({"a": [1.5, 2.5], "d": np.array([Decimal("1"), "x"], dtype=object)})
+    with pytest.raises(TypeError):
+        _reference(frame, ["a", "d"])
+    with pytest.raises(TypeError):
+        ft.encode_payloads(frame, ["a", "d"])
+
+
 def test_timestamps_are_iso_utc_and_naive_utc_of_each_value() -> None:
     frame = _frame(np.random.default_rng(3), 500)
     for col in ("ts", "naive"):
