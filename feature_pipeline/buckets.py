@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 100_000
 ROWS_PER_BUCKET = 250_000  # ``buckets="auto"``: about this many source rows per entity bucket
-BLOCK_ROWS = 20_000  # rows per pickled block of a bucket's output
+BLOCK_ROWS = 2_000  # rows per pickled block of a bucket's output: the merge holds one block per bucket
 _PREFIX = "fti-buckets-"
 
 
@@ -91,17 +91,29 @@ def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120) -> int:
 
 def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool = False,
                    buckets: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, workdir: Path | None = None,
-                   location: Path | None = None, spark_master: str | None = None) -> BucketedBuild:
-    """The local engine's build (see the module docstring). ``buckets=None``: from the source's size.
-    ``spark_master``: step 3 runs as Spark tasks, one group per entity bucket (the Spark engine).
+                   location: Path | None = None, spark_master: str | None = None,
+                   workers: int | None = None) -> BucketedBuild:
+    """The local engine's build (see the module docstring). ``buckets=None``: from the source's size (for the
+    local engine, rounded up to a multiple of ``workers`` so the last round keeps every worker busy).
+    ``workers``: processes computing step 3 (``None``: the CPUs this process may use; 1: here, in this
+    process; :mod:`feature_pipeline.bucket_pool`). ``spark_master``: step 3 runs as Spark tasks, one group
+    per entity bucket (the Spark engine).
 
     Raises (:class:`RawDataError`, :class:`SourceError`, :class:`StrictSchemaError`) before anything is
     written to the store; the caller publishes ``rows()`` and then calls ``cleanup()``."""
     spec = loaded.spec
     src = loaded.spec.source
     path = location if location is not None else file_location(loaded)
+    if workers is None:
+        from feature_pipeline.bucket_pool import default_workers
+
+        workers = default_workers()
+    if workers < 1:
+        raise ValueError("--workers must be at least 1")
     if buckets is None:
         buckets = auto_buckets(path.stat().st_size) if path is not None and path.is_file() else 1
+        if not spark_master and buckets > 1:
+            buckets = -(-buckets // workers) * workers
     if buckets < 1:
         raise ValueError("--buckets must be at least 1")
     folder = _work_folder(workdir)
@@ -183,6 +195,11 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
 
             done_buckets = compute_buckets(folder, buckets, loaded, drop, spark_master, target)
             engine: dict[str, Any] = {"name": "spark", "buckets": buckets, "master": spark_master}
+        elif workers > 1 and buckets > 1:
+            from feature_pipeline.bucket_pool import compute_in_workers
+
+            done_buckets = compute_in_workers(folder, buckets, loaded, drop, target, workers)
+            engine = {"name": "local", "buckets": buckets}
         else:
             done_buckets = _compute_here(folder, buckets, loaded, drop, target)
             engine = {"name": "local", "buckets": buckets}
@@ -245,11 +262,12 @@ def _compute_here(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.nd
         done.append(d)
         rows += d.rows
         if d.rows:
-            _log_bucket_progress(b + 1, buckets, d.rows, rows, target, time.perf_counter() - t1)
+            log_bucket_progress(b + 1, buckets, d.rows, rows, target, time.perf_counter() - t1)
     return done
 
 
-def _log_bucket_progress(n: int, buckets: int, rows: int, done: int, target: int, elapsed: float) -> None:
+def log_bucket_progress(n: int, buckets: int, rows: int, done: int, target: int, elapsed: float) -> None:
+    """One line per finished bucket: its rows, the rows done so far, the rate and the time left."""
     rate = done / max(elapsed, 1e-9)
     log.info("bucket %d/%d: %d rows; %d of %d rows computed (%.0f rows/s, ETA %.0fs)", n, buckets, rows, done,
              target, rate, max(target - done, 0) / max(rate, 1e-9))
@@ -364,18 +382,23 @@ def _load_all(path: Path) -> Iterator[Any]:
 
 
 def _write_output(path: Path, features: pd.DataFrame, spec: Any) -> Path:
-    payloads = ft.encode_payloads(features, spec.stored_columns)
-    rids = features[spec.record_id].tolist()
-    ents = features[spec.entity_key].tolist()
-    isos: list[str | None] = [None] * len(rids)
-    whens: list[Any] = [None] * len(rids)
-    if spec.event_time:
-        isos = ft.iso_utc_column(features[spec.event_time])
-        whens = ft.naive_utc_column(features[spec.event_time])
-    rows = sorted(zip(rids, ents, isos, whens, payloads, strict=True), key=lambda r: r[0])
+    """The bucket's rows sorted by record id (Python's string order, as the merge and the checksum take
+    them), rendered and pickled ``BLOCK_ROWS`` at a time: a block's Python objects are all that exist at
+    once beside the frame, whatever the bucket's size."""
+    order = np.argsort(features[spec.record_id].to_numpy(dtype=object), kind="stable")
     with open(path, "wb") as fh:
-        for start in range(0, len(rows), BLOCK_ROWS):
-            pickle.dump(rows[start:start + BLOCK_ROWS], fh, protocol=pickle.HIGHEST_PROTOCOL)
+        for start in range(0, len(order), BLOCK_ROWS):
+            block = features.iloc[order[start:start + BLOCK_ROWS]]
+            payloads = ft.encode_payloads(block, spec.stored_columns)
+            rids = block[spec.record_id].tolist()
+            ents = block[spec.entity_key].tolist()
+            isos: list[str | None] = [None] * len(rids)
+            whens: list[Any] = [None] * len(rids)
+            if spec.event_time:
+                isos = ft.iso_utc_column(block[spec.event_time])
+                whens = ft.naive_utc_column(block[spec.event_time])
+            pickle.dump(list(zip(rids, ents, isos, whens, payloads, strict=True)), fh,
+                        protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 

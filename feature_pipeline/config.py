@@ -21,6 +21,8 @@ class Settings(CommonSettings):
                               "must see FTI_FEATURE_WORK_DIR and have fti installed)")
     feature_buckets: int | None = Field(default=None, ge=1, le=100_000, description="FTI_FEATURE_BUCKETS: entity "
                                         "buckets of the local engine (default: about 250,000 source rows each)")
+    feature_workers: int | None = Field(default=None, ge=1, le=1024, description="FTI_FEATURE_WORKERS: processes "
+                                        "computing the local engine's buckets (default: the CPUs the job may use)")
     feature_chunk_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="FTI_FEATURE_CHUNK_ROWS: "
                                     "source rows the local engine reads at a time")
     feature_work_dir: Path | None = Field(default=None, description="FTI_FEATURE_WORK_DIR: where the local engine "

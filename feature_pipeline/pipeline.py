@@ -53,7 +53,7 @@ def build(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool
 
 
 def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, strict: bool = False,
-        engine_name: str | None = None, buckets: int | None = None) -> RunResult:
+        engine_name: str | None = None, buckets: int | None = None, workers: int | None = None) -> RunResult:
     """Build with the chosen engine (``--engine``, else ``FTI_FEATURE_ENGINE``) and publish atomically."""
     t0 = time.perf_counter()
     which = engine_name or settings.feature_engine
@@ -62,7 +62,7 @@ def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, str
 
         built = build_bucketed(loaded, as_of=parse_as_of(as_of), strict=strict,
                                buckets=buckets or settings.feature_buckets, chunk_rows=settings.feature_chunk_rows,
-                               workdir=settings.feature_work_dir,
+                               workdir=settings.feature_work_dir, workers=workers or settings.feature_workers,
                                spark_master=settings.spark_master if which == "spark" else None)
         try:
             published = _publish(settings, built.manifest, built.rows())

@@ -80,7 +80,7 @@ def cmd_features_run(args: argparse.Namespace) -> int:
     from feature_pipeline.pipeline import run
 
     result = run(_spec(args.spec), Settings(), as_of=args.as_of, strict=args.strict, engine_name=args.engine,
-                 buckets=args.buckets)
+                 buckets=args.buckets, workers=args.workers)
     info = result.info
     state = "created" if result.published.created else "unchanged (identical content already published)"
     unlabeled = int((info.details or {}).get("unlabeled_rows") or 0)
@@ -549,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: FTI_FEATURE_ENGINE, memory)")
     r.add_argument("--buckets", type=int, help="the local and spark engines' entity buckets (default: "
                    "FTI_FEATURE_BUCKETS, else about 250,000 source rows each)")
+    r.add_argument("--workers", type=int, help="the local engine's worker processes (default: FTI_FEATURE_WORKERS, "
+                   "else the CPUs the job may use; 1: compute in the job's own process)")
     r.set_defaults(func=cmd_features_run)
     ls = feats.add_parser("list", help="list feature versions")
     ls.add_argument("--spec", required=True, help="the dataset spec (YAML), e.g. specs/claims.yaml")

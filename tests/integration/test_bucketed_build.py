@@ -33,9 +33,10 @@ def _memory(spec_path: Path, as_of: pd.Timestamp | None = None) -> featureset.Bu
 
 
 def _local(spec_path: Path, tmp: Path, buckets: int, chunk_rows: int, as_of: pd.Timestamp | None = None,
-           spark_master: str | None = None) -> tuple[str, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+           spark_master: str | None = None, workers: int = 1
+           ) -> tuple[str, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     built = build_bucketed(load_spec(spec_path), as_of=as_of, buckets=buckets, chunk_rows=chunk_rows, workdir=tmp,
-                           spark_master=spark_master)
+                           spark_master=spark_master, workers=workers)
     try:
         return built.checksum, list(built.rows()), built.manifest, built.stats
     finally:
@@ -63,10 +64,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("buckets", [1, 2, 7])
 def test_the_demo_source_gives_the_in_memory_rows_and_checksum(demo: Path, tmp_path: Path, buckets: int) -> None:
-    """Three reruns of each: the same rows and checksum every time (nothing depends on a run's state)."""
+    """Three reruns of each, computed in this process and by 2 and 3 worker processes: the same rows and
+    checksum every time (nothing depends on a run's state, or on which worker computed a bucket when)."""
     memory = _memory(demo)
-    for _ in range(3):
-        _assert_same(memory, _local(demo, tmp_path, buckets, chunk_rows=997), buckets)
+    for workers in (1, 2, 3):
+        _assert_same(memory, _local(demo, tmp_path, buckets, chunk_rows=997, workers=workers), buckets)
     assert _memory(demo).checksum == memory.checksum
 
 
@@ -150,8 +152,9 @@ def test_a_generated_source_of_200k_rows_gives_the_in_memory_checksum(tmp_path_f
     spec_path = write_claims_spec(folder, n_policyholders=int(os.environ.get("FTI_TEST_BIG_POLICYHOLDERS", "45000")))
     memory = _memory(spec_path)
     assert memory.manifest["row_count"] >= 200_000, memory.manifest["row_count"]
-    for buckets in (1, 2, 7):
-        checksum, rows, manifest, _ = _local(spec_path, folder.parent / "work", buckets, chunk_rows=50_000)
+    for buckets, workers in ((1, 1), (2, 2), (7, 1), (7, 3)):
+        checksum, rows, manifest, _ = _local(spec_path, folder.parent / "work", buckets, chunk_rows=50_000,
+                                             workers=workers)
         assert checksum == memory.checksum and manifest["row_count"] == memory.manifest["row_count"]
         assert rows == memory.rows
     if importlib.util.find_spec("pyspark") is not None:  # the spark extra (CI installs every extra)

@@ -439,11 +439,13 @@ def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_ur
         proc = subprocess.Popen([str(exe), "features", "run", "--spec", str(spec)], env=env, cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         seen: list[str] = []
+        children: dict[int, str] = {}
         try:
             assert proc.stderr is not None
             for line in proc.stderr:
                 seen.append(line)
                 if marker in line:
+                    children = _children(proc.pid)
                     os.kill(proc.pid, signal.SIGKILL)
                     break
         finally:
@@ -452,6 +454,9 @@ def test_sigkill_at_any_phase_leaves_nothing_and_the_next_run_publishes(store_ur
             proc.wait(timeout=CLI_TIMEOUT)
         assert proc.returncode == -signal.SIGKILL, (marker, "".join(seen)[-3000:])
         assert _counts(store_url) == (0, 0), f"killed at {marker!r}: a partial version is left"
+        if marker == "bucket 1/":  # killed while its worker processes compute the other buckets: they die too
+            assert children, "the local engine's worker processes were running"
+            _assert_none_left(children)
     if engine == "local":
         assert list(work.glob("fti-buckets-*")), "the killed runs' folders are there before the next run"
     res = _cli(["features", "run", "--spec", str(spec)], env)
@@ -479,6 +484,14 @@ def _children(pid: int) -> dict[int, str]:
             if child != pid:
                 found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     return found
+
+
+def _assert_none_left(children: dict[int, str], timeout: float = 60.0) -> None:
+    """None of a killed job's processes keeps running (it may take a moment to notice)."""
+    deadline = time.monotonic() + timeout
+    while (left := {pid: cmd for pid, cmd in children.items() if _running(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of the killed job still running: {left}"
 
 
 def _running(pid: int) -> bool:
@@ -540,10 +553,7 @@ def test_sigkill_mid_write_at_a_million_rows_leaves_nothing_and_the_next_run_pub
     assert _counts(pg_database) == (0, 0), f"killed at {killed_at[0]:,}/{killed_at[1]:,} rows: a partial version"
     if engine == "spark":
         assert any("java" in cmd for cmd in children.values()), children  # the Spark JVM was running
-    deadline = time.monotonic() + 60
-    while (left := {pid: cmd for pid, cmd in children.items() if _running(pid)}) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes of the killed job still running: {left}"
+    _assert_none_left(children)
     res = run_fti(["features", "run", "--spec", str(spec)], env, timeout=900)
     assert res.returncode == 0, _explain(res)
     assert _run_line(res.stdout) == (1, "created")
