@@ -1,11 +1,18 @@
-"""The local engine's entity buckets computed by worker processes, one bucket per task.
+"""The local engine's worker processes: source chunks partitioned, then entity buckets computed, one per task.
 
-Why processes: a bucket's features are pandas, numpy and Python-level JSON encoding, most of it holding
-the GIL, so threads would take turns on one core. Each task is the same
-:func:`feature_pipeline.buckets.compute_bucket` the single-process engine and the Spark engine run: it
-reads its bucket from the work folder and writes its rendered rows back, so the output files -- and the
-merged rows and checksum -- do not depend on how many workers ran them or in what order they finished
-(``tests/integration/test_bucketed_build.py``).
+Why processes: normalising a chunk and computing a bucket's features are pandas, numpy and Python-level
+JSON encoding, most of it holding the GIL, so threads would take turns on one core. Each task is the
+function the single-process engine runs (:func:`feature_pipeline.buckets.partition_chunk`,
+:func:`feature_pipeline.buckets.compute_bucket`, the latter also what the Spark engine runs), and the
+results do not depend on which worker ran what or when:
+
+* a worker partitions into files of its own (``e-00003-<pid>.pkl``), and a bucket is read back from all
+  of them sorted by source row;
+* the parent takes the chunks' results in source order, so problems, samples and the cutoff are
+  gathered as one process would;
+* a bucket's output is its own file, merged by record id at the end.
+
+``tests/integration/test_bucketed_build.py`` checks the rows and checksum for 1, 2 and 3 workers.
 
 Why ``spawn``: a worker is a fresh interpreter, never a fork of the job, which may hold a database
 connection or threads. Each worker asks the kernel to kill it when the job dies (``PR_SET_PDEATHSIG``),
@@ -22,13 +29,17 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from feature_pipeline.buckets import BucketDone, compute_bucket, log_bucket_progress
+from feature_pipeline.buckets import BucketDone, ChunkDone, compute_bucket, log_bucket_progress, partition_chunk
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -43,40 +54,82 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def compute_in_workers(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int,
-                       workers: int) -> list[BucketDone]:
-    """Every entity bucket's features, on ``workers`` processes; the results in bucket order."""
-    drop_path = folder / "dropped.npy"
-    np.save(drop_path, dropped)
-    workers = max(1, min(workers, buckets))
-    log.info("computing %d bucket(s) on %d worker process(es)", buckets, workers)
-    done: dict[int, BucketDone] = {}
-    rows = 0
-    t0 = time.perf_counter()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+class WorkerPool:
+    """``workers`` spawned processes for one build: ``start()``, ``partition()``, ``compute()``, ``close()``."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> WorkerPool:
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_die_with_parent, initargs=(os.getpid(),))
+        log.info("%d worker process(es)", self.workers)
+        return self
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, fn: Any, *args: Any) -> Future[Any]:
+        assert self._pool is not None, "start() the pool first"
+        return self._pool.submit(fn, *args)
+
+    def partition(self, folder: Path, buckets: int, chunks: Iterable[tuple[int, pd.DataFrame]], spec: Any
+                  ) -> Iterator[ChunkDone]:
+        """Each chunk partitioned by a worker, the results in source order; at most two chunks per worker
+        are read ahead, so memory holds a few chunks whatever the source's size."""
+        ahead: deque[Future[ChunkDone]] = deque()
+        with _pool_errors():
+            for offset, chunk in chunks:
+                ahead.append(self._submit(_partition_task, folder, buckets, offset, chunk, spec))
+                while len(ahead) >= 2 * self.workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    def compute(self, folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int
+                ) -> list[BucketDone]:
+        """Every entity bucket's features; the results in bucket order."""
+        drop_path = folder / "dropped.npy"
+        np.save(drop_path, dropped)
+        log.info("computing %d bucket(s) on %d worker process(es)", buckets, min(self.workers, buckets))
+        done: dict[int, BucketDone] = {}
+        rows = 0
+        t0 = time.perf_counter()
+        try:
+            with _pool_errors():
+                pending: set[Future[BucketDone]] = {self._submit(_compute_task, folder, buckets, b, loaded, drop_path)
+                                                    for b in range(buckets)}
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        d = fut.result()  # a worker's error is the build's error
+                        done[d.bucket] = d
+                        rows += d.rows
+                        if d.rows:
+                            log_bucket_progress(len(done), buckets, d.rows, rows, target, time.perf_counter() - t0)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                drop_path.unlink()
+        return [done[b] for b in range(buckets)]
+
+
+@contextlib.contextmanager
+def _pool_errors() -> Iterator[None]:
     try:
-        pending: set[Future[BucketDone]] = {pool.submit(_task, folder, buckets, b, loaded, drop_path)
-                                            for b in range(buckets)}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                d = fut.result()  # a worker's error is the build's error
-                done[d.bucket] = d
-                rows += d.rows
-                if d.rows:
-                    log_bucket_progress(len(done), buckets, d.rows, rows, target, time.perf_counter() - t0)
+        yield
     except BrokenProcessPool as exc:
         raise RuntimeError(f"a feature worker process died ({exc}); if the machine ran out of memory, run with "
                            "more buckets (--buckets) or fewer workers (--workers / FTI_FEATURE_WORKERS)") from exc
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        with contextlib.suppress(FileNotFoundError):
-            drop_path.unlink()
-    return [done[b] for b in range(buckets)]
 
 
-def _task(folder: Path, buckets: int, b: int, loaded: LoadedSpec, drop_path: Path) -> BucketDone:
+def _partition_task(folder: Path, buckets: int, offset: int, chunk: pd.DataFrame, spec: Any) -> ChunkDone:
+    return partition_chunk(folder, buckets, offset, chunk, spec, suffix=f"-{os.getpid()}")
+
+
+def _compute_task(folder: Path, buckets: int, b: int, loaded: LoadedSpec, drop_path: Path) -> BucketDone:
     return compute_bucket(folder, buckets, b, loaded, np.load(drop_path, mmap_mode="r"))
 
 

@@ -117,29 +117,32 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
     if buckets < 1:
         raise ValueError("--buckets must be at least 1")
     folder = _work_folder(workdir)
+    pool = None
     try:
         t0 = time.perf_counter()
         chunks, where, sha, row_base, row_label = _chunks(loaded, path, chunk_rows)
-        part = _Partition(folder, buckets)
+        if workers > 1 and not spark_master:
+            from feature_pipeline.bucket_pool import WorkerPool
+
+            pool = WorkerPool(workers).start()
         problems: dict[tuple[str, str, str | None], list[Any]] = {}
         samples: list[pd.DataFrame] = []  # a few rows of each problem: to list the problems in the in-memory order
         extra: list[str] = []
         source_rows = 0
         stamp_col = src.ingestion_time or spec.event_time
         latest: pd.Timestamp | None = None
-        for offset, chunk in chunks:
-            frame, found, extra_here = normalize_frame(chunk, spec)
-            extra = extra or extra_here
-            source_rows += len(chunk)
-            _gather(problems, found, offset)
-            if found:
-                samples.extend(chunk.iloc[list(p.rows)] for p in found.items if p.rows and len(samples) < 1000)
+        parts = pool.partition(folder, buckets, chunks, spec) if pool is not None \
+            else (partition_chunk(folder, buckets, offset, chunk, spec) for offset, chunk in chunks)
+        for done in parts:  # in source order, however many processes partition
+            extra = extra or done.extra
+            source_rows += done.rows
+            _gather(problems, done.found, done.offset)
+            if done.found:
+                samples.extend(s for s in done.samples if len(samples) < 1000)
                 continue
-            frame["__row"] = np.arange(offset, offset + len(frame), dtype=np.int64)
             if stamp_col:
-                top = frame[stamp_col].max()
+                top = done.latest
                 latest = top if latest is None or (pd.notna(top) and top > latest) else latest
-            part.write(frame, spec)
             rate = source_rows / max(time.perf_counter() - t0, 1e-9)
             log.info("partitioned %d rows into %d bucket(s) (%.0f rows/s)", source_rows, buckets, rate)
         if source_rows == 0 and not problems:
@@ -158,6 +161,7 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
                                  "ingestion_time": src.ingestion_time}
         dup: dict[tuple[str, str, str | None], list[Any]] = {}
         kept = 0
+        part = _Partition(folder, buckets)
         for b in range(buckets):
             keys = part.read("r", b)
             if keys is None:
@@ -195,10 +199,8 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
 
             done_buckets = compute_buckets(folder, buckets, loaded, drop, spark_master, target)
             engine: dict[str, Any] = {"name": "spark", "buckets": buckets, "master": spark_master}
-        elif workers > 1 and buckets > 1:
-            from feature_pipeline.bucket_pool import compute_in_workers
-
-            done_buckets = compute_in_workers(folder, buckets, loaded, drop, target, workers)
+        elif pool is not None and buckets > 1:
+            done_buckets = pool.compute(folder, buckets, loaded, drop, target)
             engine = {"name": "local", "buckets": buckets}
         else:
             done_buckets = _compute_here(folder, buckets, loaded, drop, target)
@@ -221,6 +223,37 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """One source chunk partitioned: its rows, its problems (then nothing was written) with a few of their
+    source rows, the source columns the spec does not declare, and its latest event or ingestion time."""
+
+    offset: int
+    rows: int
+    found: Problems
+    samples: list[pd.DataFrame]
+    extra: list[str]
+    latest: Any
+
+
+def partition_chunk(folder: Path, buckets: int, offset: int, chunk: pd.DataFrame, spec: Any, suffix: str = ""
+                    ) -> ChunkDone:
+    """Step 1 for the chunk of source rows starting at ``offset``: normalised, then appended to the entity
+    and record buckets' files (``suffix``: this process's own files, when several processes partition)."""
+    frame, found, extra = normalize_frame(chunk, spec)
+    if found:
+        return ChunkDone(offset, len(chunk), found, [chunk.iloc[list(p.rows)] for p in found.items if p.rows],
+                         extra, None)
+    frame["__row"] = np.arange(offset, offset + len(frame), dtype=np.int64)
+    stamp_col = spec.source.ingestion_time or spec.event_time
+    latest = frame[stamp_col].max() if stamp_col else None
+    _Partition(folder, buckets).write(frame, spec, suffix)
+    return ChunkDone(offset, len(chunk), found, [], extra, latest)
 
 
 @dataclass(frozen=True)
@@ -343,7 +376,7 @@ class _Partition:
     def __init__(self, folder: Path, buckets: int):
         self.folder, self.buckets = folder, buckets
 
-    def write(self, frame: pd.DataFrame, spec: Any) -> None:
+    def write(self, frame: pd.DataFrame, spec: Any, suffix: str = "") -> None:
         key_cols = [c for c in (spec.record_id, spec.event_time, spec.source.ingestion_time) if c] + ["__row"]
         for kind, by, data in (("e", spec.entity_key, frame), ("r", spec.record_id, frame[key_cols])):
             bucket = _hash_bucket(frame[by], self.buckets)
@@ -355,20 +388,25 @@ class _Partition:
                 if lo == hi:
                     continue
                 piece = data.iloc[order[lo:hi]]
-                with open(self.folder / f"{kind}-{b:05d}.pkl", "ab") as fh:
+                with open(self.folder / f"{kind}-{b:05d}{suffix}.pkl", "ab") as fh:
                     pickle.dump(piece, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def _files(self, kind: str, b: int) -> list[Path]:
+        """The bucket's files: this process's, and one per worker process that partitioned."""
+        own = self.folder / f"{kind}-{b:05d}.pkl"
+        return ([own] if own.exists() else []) + sorted(self.folder.glob(f"{kind}-{b:05d}-*.pkl"))
+
     def read(self, kind: str, b: int) -> pd.DataFrame | None:
-        path = self.folder / f"{kind}-{b:05d}.pkl"
-        if not path.exists():
+        pieces = [piece for path in self._files(kind, b) for piece in _load_all(path)]
+        if not pieces:
             return None
-        pieces = list(_load_all(path))
         frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0].reset_index(drop=True)
         return frame.sort_values("__row", kind="stable").reset_index(drop=True)  # source order
 
     def remove(self, kind: str, b: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / f"{kind}-{b:05d}.pkl").unlink()
+        for path in self._files(kind, b):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _load_all(path: Path) -> Iterator[Any]:

@@ -113,7 +113,7 @@ def test_a_parquet_source_gives_the_in_memory_rows(demo: Path, tmp_path: Path) -
 
 def test_problems_are_the_in_memory_problems_with_the_same_source_lines(tmp_path: Path) -> None:
     """Bad values spread over several chunks, then duplicate record ids over several buckets: the same
-    problems, listing the same source lines, as the in-memory build."""
+    problems, listing the same source lines, as the in-memory build, in one process or with workers."""
     folder = tmp_path / "spec"
     spec_path = write_claims_spec(folder, n_policyholders=200)
     csv = folder / "raw" / "claims.csv"
@@ -130,6 +130,9 @@ def test_problems_are_the_in_memory_problems_with_the_same_source_lines(tmp_path
             _memory(spec_path)
         with pytest.raises(RawDataError) as loc:
             _local(spec_path, tmp_path / "work", 7, chunk_rows=300)
+        with pytest.raises(RawDataError) as pooled:  # chunks partitioned by worker processes, gathered in order
+            _local(spec_path, tmp_path / "work", 7, chunk_rows=300, workers=2)
+        assert str(pooled.value) == str(loc.value)
         return str(mem.value), str(loc.value)
 
     mem, loc = both()
