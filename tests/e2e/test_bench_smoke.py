@@ -122,7 +122,8 @@ def test_monitoring_benchmark_smoke_run(tmp_path):
 @pytest.mark.timeout(600)
 def test_feature_scale_benchmark_smoke_run(tmp_path):
     """``bench/feature_scale.py --smoke``: sources of two sizes, ``fti features run`` with the local and the
-    memory engine (and Spark on the smaller one) into a throwaway PostgreSQL, a bare COPY of the same rows. Checks every number was
+    memory engine (and Spark on the smaller one) into a throwaway PostgreSQL, bare COPYs of the same rows (into the
+    feature table and into a LIKE copy), the local engine's phases. Checks every number was
     measured and the engines' checksums agree; asserts no timing."""
     results = _smoke_run("feature_scale", tmp_path)
     assert results["mode"] == "smoke" and results["checksums_equal"] is True
@@ -137,6 +138,9 @@ def test_feature_scale_benchmark_smoke_run(tmp_path):
             assert job["rows"] == size["rows"] and job["seconds"] > 0 and job["peak_rss_mib"] > 0, job
             assert job["details"].get("engine", {"name": "memory"})["name"] == job["engine"], job
         assert size["copy"]["rows"] == size["rows"] and size["copy"]["rows_per_s"] > 0, size
+        assert size["copy"]["like"]["rows"] == size["rows"] and size["copy"]["like"]["rows_per_s"] > 0, size
+        local = next(j for j in size["jobs"] if j["engine"] == "local")
+        assert set(local["phases"]) == {"partition_s", "features_s", "publish_s"}, local
     assert results["linearity"] > 0
 
 
