@@ -239,7 +239,19 @@ def _json_value(v: Any) -> Any:
 _PAYLOAD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+PAYLOAD_BLOCK_ROWS = 20_000  # rows encoded at a time: a block's cell values and texts are all that exist at once
+
+
 def encode_payloads(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """:func:`_encode_block` of each block of ``PAYLOAD_BLOCK_ROWS`` rows, so the cells' Python values and
+    texts exist a block at a time (for a million rows at once they would take gigabytes)."""
+    if len(frame) <= PAYLOAD_BLOCK_ROWS:
+        return _encode_block(frame, columns)
+    return [text for start in range(0, len(frame), PAYLOAD_BLOCK_ROWS)
+            for text in _encode_block(frame.iloc[start:start + PAYLOAD_BLOCK_ROWS], columns)]
+
+
+def _encode_block(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """Canonical JSON text per row for ``columns``: ``_json_value`` of each cell, computed a column at a time
     (:func:`json_column`), encoded with one encoder (``json.dumps`` with options builds one per call).
 

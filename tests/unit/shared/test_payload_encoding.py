@@ -47,6 +47,15 @@ def test_payloads_are_the_cell_by_cell_encoding(seed: int) -> None:
     assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
 
 
+def test_blocks_give_the_same_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames longer than a block are encoded a block at a time (bounded memory): the same text."""
+    frame = _frame(np.random.default_rng(9), 500)
+    columns = sorted(frame.columns)
+    monkeypatch.setattr(ft, "PAYLOAD_BLOCK_ROWS", 37)
+    assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
+    assert ft.encode_payloads(frame.iloc[:0], columns) == []
+
+
 def test_keys_in_any_order_with_characters_to_escape_and_every_cell_kind() -> None:
     """Columns given unsorted, keys that JSON or ``%`` formatting must escape, cells of every kind a row may
     hold (bools beside ints, big ints, quotes, backslashes, control and non-ASCII characters)."""
