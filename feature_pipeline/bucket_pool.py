@@ -78,13 +78,13 @@ class WorkerPool:
 
     def partition(self, folder: Path, buckets: int, chunks: Iterable[tuple[int, pd.DataFrame]], spec: Any
                   ) -> Iterator[ChunkDone]:
-        """Each chunk partitioned by a worker, the results in source order; at most two chunks per worker
-        are read ahead, so memory holds a few chunks whatever the source's size."""
+        """Each chunk partitioned by a worker, the results in source order; one chunk per worker, and one
+        more, is read ahead, so memory holds a few chunks whatever the source's size."""
         ahead: deque[Future[ChunkDone]] = deque()
         with _pool_errors():
             for offset, chunk in chunks:
                 ahead.append(self._submit(_partition_task, folder, buckets, offset, chunk, spec))
-                while len(ahead) >= 2 * self.workers:
+                while len(ahead) > self.workers:
                     yield ahead.popleft().result()
             while ahead:
                 yield ahead.popleft().result()

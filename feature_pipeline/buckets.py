@@ -21,11 +21,12 @@ Here memory is bounded by the largest bucket, not by the source:
    :func:`shared.feature_table.checksum_lines` sorts) give the checksum, then stream into the
    publishing transaction (:func:`feature_pipeline.load.publish`).
 
-Every row's features depend only on its own values and its entity's events, both whole inside one
-bucket, so the rows -- and the checksum -- are the in-memory build's for any number of buckets
-(``tests/integration/test_bucketed_build.py``). The partition files are pickles this process wrote
-into a private temporary folder (mode 0700), removed at the end; a folder left by a killed run is
-removed by the next run.
+Steps 1 and 3 run on ``workers`` processes when there is more than one bucket
+(:mod:`feature_pipeline.bucket_pool`). Every row's features depend only on its own values and its
+entity's events, both whole inside one bucket, so the rows -- and the checksum -- are the in-memory
+build's for any number of buckets and workers (``tests/integration/test_bucketed_build.py``). The
+partition files are pickles this build (the job or its workers) wrote into a private temporary folder
+(mode 0700), removed at the end; a folder left by a killed run is removed by the next run.
 """
 
 from __future__ import annotations
@@ -84,17 +85,22 @@ class BucketedBuild:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120) -> int:
-    """Entity buckets for a source of ``size_bytes`` (CSV: ~120 bytes a demo row): ~250k rows a bucket."""
-    return max(1, -(-max(size_bytes // bytes_per_row, 1) // ROWS_PER_BUCKET))
+def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120, workers: int = 1) -> int:
+    """Entity buckets for a source of ``size_bytes`` (CSV: ~120 bytes a demo row): ~250k rows in the buckets
+    being computed at once, so ``250k / workers`` rows a bucket (memory: the job's peak is its workers'
+    buckets together), and a multiple of ``workers`` (the last round keeps every worker busy)."""
+    rows = max(size_bytes // bytes_per_row, 1)
+    per_bucket = max(ROWS_PER_BUCKET // max(workers, 1), 1)
+    buckets = max(1, -(-rows // per_bucket))
+    return buckets if buckets == 1 or workers <= 1 else -(-buckets // workers) * workers
 
 
 def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool = False,
                    buckets: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, workdir: Path | None = None,
                    location: Path | None = None, spark_master: str | None = None,
                    workers: int | None = None) -> BucketedBuild:
-    """The local engine's build (see the module docstring). ``buckets=None``: from the source's size (for the
-    local engine, rounded up to a multiple of ``workers`` so the last round keeps every worker busy).
+    """The local engine's build (see the module docstring). ``buckets=None``: from the source's size and, for
+    the local engine, the workers (:func:`auto_buckets`).
     ``workers``: processes computing step 3 (``None``: the CPUs this process may use; 1: here, in this
     process; :mod:`feature_pipeline.bucket_pool`). ``spark_master``: step 3 runs as Spark tasks, one group
     per entity bucket (the Spark engine).
@@ -111,9 +117,8 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
     if workers < 1:
         raise ValueError("--workers must be at least 1")
     if buckets is None:
-        buckets = auto_buckets(path.stat().st_size) if path is not None and path.is_file() else 1
-        if not spark_master and buckets > 1:
-            buckets = -(-buckets // workers) * workers
+        buckets = auto_buckets(path.stat().st_size, workers=1 if spark_master else workers) \
+            if path is not None and path.is_file() else 1
     if buckets < 1:
         raise ValueError("--buckets must be at least 1")
     folder = _work_folder(workdir)
@@ -121,7 +126,7 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
     try:
         t0 = time.perf_counter()
         chunks, where, sha, row_base, row_label = _chunks(loaded, path, chunk_rows)
-        if workers > 1 and not spark_master:
+        if workers > 1 and buckets > 1 and not spark_master:  # one bucket: not worth two interpreters' start
             from feature_pipeline.bucket_pool import WorkerPool
 
             pool = WorkerPool(workers).start()
@@ -199,7 +204,7 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
 
             done_buckets = compute_buckets(folder, buckets, loaded, drop, spark_master, target)
             engine: dict[str, Any] = {"name": "spark", "buckets": buckets, "master": spark_master}
-        elif pool is not None and buckets > 1:
+        elif pool is not None:
             done_buckets = pool.compute(folder, buckets, loaded, drop, target)
             engine = {"name": "local", "buckets": buckets}
         else:
@@ -414,7 +419,7 @@ def _load_all(path: Path) -> Iterator[Any]:
     with open(path, "rb") as fh:
         while True:
             try:
-                yield pickle.load(fh)  # noqa: S301 - files this process wrote into its 0700 folder
+                yield pickle.load(fh)  # noqa: S301 - files this build wrote into its 0700 folder
             except EOFError:
                 return
 

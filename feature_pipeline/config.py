@@ -20,7 +20,8 @@ class Settings(CommonSettings):
                               "(local[*]: this machine's cores; spark://host:7077 for a cluster, whose executors "
                               "must see FTI_FEATURE_WORK_DIR and have fti installed)")
     feature_buckets: int | None = Field(default=None, ge=1, le=100_000, description="FTI_FEATURE_BUCKETS: entity "
-                                        "buckets of the local engine (default: about 250,000 source rows each)")
+                                        "buckets of the local engine (default: from the source's size, about 250,000 rows in the buckets its "
+                                        "workers compute at once)")
     feature_workers: int | None = Field(default=None, ge=1, le=1024, description="FTI_FEATURE_WORKERS: processes "
                                         "computing the local engine's buckets (default: the CPUs the job may use)")
     feature_chunk_rows: int = Field(default=100_000, ge=1, le=10_000_000, description="FTI_FEATURE_CHUNK_ROWS: "

@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "FTI_SPARK_MASTER (needs the spark extra and Java 17) -- all three give the same rows and checksum "
                    "(default: FTI_FEATURE_ENGINE, memory)")
     r.add_argument("--buckets", type=int, help="the local and spark engines' entity buckets (default: "
-                   "FTI_FEATURE_BUCKETS, else about 250,000 source rows each)")
+                   "FTI_FEATURE_BUCKETS, else from the source's size: about 250,000 rows in the buckets computed at once)")
     r.add_argument("--workers", type=int, help="the local engine's worker processes (default: FTI_FEATURE_WORKERS, "
                    "else the CPUs the job may use; 1: compute in the job's own process)")
     r.set_defaults(func=cmd_features_run)
