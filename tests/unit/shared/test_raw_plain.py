@@ -12,30 +12,8 @@ import pandas as pd
 import pytest
 
 from shared.raw import normalize_frame
-from shared.spec import DatasetSpec
 from shared.transformers import MISSING_CATEGORY
-
-SPEC = DatasetSpec.model_validate({
-    "name": "t",
-    "source": {"format": "csv", "path": "x.csv", "ingestion_time": "ingested"},
-    "record_id": "rid",
-    "entity_key": "who",
-    "event_time": "ts",
-    "label": "label",
-    "columns": {
-        "rid": {"type": "string", "nullable": False},
-        "who": {"type": "int", "nullable": False},
-        "ts": {"type": "timestamp", "nullable": False},
-        "ingested": {"type": "timestamp"},
-        "amount": {"type": "float", "min": 0, "max": 1000},
-        "n": {"type": "int", "min": 0},
-        "flag": {"type": "bool"},
-        "kind": {"type": "category", "max_length": 5},
-        "note": {"type": "string"},
-        "label": {"type": "int", "nullable": False, "min": 0, "max": 1},
-    },
-    "model": {"name": "m", "estimator": {"class": "sklearn.linear_model.LogisticRegression"}},
-})
+from tests.unit.shared.test_raw import SPEC  # every column type, keys, an ingestion time
 
 PLAIN_NUMBERS = ["1", "-2.5", "1e3", ".5", "5.", "+3", "0", "12", "3.0000000000000004", "999.99", "7"]
 AWKWARD_NUMBERS = [" 7 ", "7 ", "\t8", "", "  ", "nan", "NaN", "inf", "-inf", "1_000", "\u0661\u0662", "\uff11",
