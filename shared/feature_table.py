@@ -310,7 +310,16 @@ def json_column(series: pd.Series) -> list[Any]:
         return series.to_numpy().tolist()
     if dtype.kind == "M" or isinstance(dtype, pd.DatetimeTZDtype):
         return iso_utc_column(series)
-    return [_json_value(v) for v in series.to_numpy(dtype=object)]
+    if isinstance(dtype, pd.StringDtype):  # missing cells as None (``_json_value`` of pd.NA)
+        cells = series.to_numpy(dtype=object, na_value=None).tolist()
+    else:
+        cells = series.to_numpy(dtype=object).tolist()
+    if set(map(type, cells)) <= _AS_IS:  # text columns: every cell is already its JSON value
+        return cells
+    return [_json_value(v) for v in cells]
+
+
+_AS_IS = {str, int, bool, type(None)}  # the exact types ``_json_value`` returns unchanged
 
 
 def iso_utc_column(series: pd.Series) -> list[str | None]:

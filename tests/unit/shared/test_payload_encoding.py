@@ -30,11 +30,16 @@ def _frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
     ts = pd.Series(pd.to_datetime(micros, unit="us", utc=True)).astype("datetime64[us, UTC]")
     ts[rng.random(n) < 0.1] = pd.NaT
     texts = np.array(["a", "Zürich ✓", "", "x" * 40, None, "1.5"], dtype=object)[rng.integers(0, 6, size=n)]
-    mixed = np.array([True, False, None, 3, "t"], dtype=object)[rng.integers(0, 5, size=n)]
+    mixed = np.array([True, False, None, 3, "t", np.nan, np.float64(2.5), np.int64(4), pd.NA],
+                     dtype=object)[rng.integers(0, 9, size=n)]
     return pd.DataFrame({
         "f": f, "f32": np.clip(f, -1e30, 1e30).astype(np.float32), "i": rng.integers(-10**12, 10**12, size=n),
         "ts": ts, "naive": ts.dt.tz_localize(None), "text": texts, "mixed": mixed,
         "label": pd.array(rng.integers(0, 2, size=n), dtype="Int64"),
+        "arrow": pd.array(texts, dtype="string[pyarrow]"), "python_str": pd.array(texts, dtype="string[python]"),
+        "text_nan": pd.Series(np.array(["a", "b", np.nan], dtype=object)[rng.integers(0, 3, size=n)], dtype=object),
+        "np_str": pd.Series(np.array([np.str_("n"), "s", None], dtype=object)[rng.integers(0, 3, size=n)],
+                            dtype=object),
     })
 
 
