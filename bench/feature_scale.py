@@ -84,9 +84,7 @@ def latest_version(url: str) -> dict[str, Any]:
 
 
 def bare_copy(conninfo: str, version: int) -> dict[str, Any]:
-    """The version's rows, read back in record-id order (not timed; the job writes them bucket by bucket, and
-    keys in order are the cheapest for the primary key's index), then ``COPY``'d twice, each in one
-    transaction with its commit:
+    """The version's rows, read back (not timed), then ``COPY``'d twice, each in one transaction with its commit:
 
     * **into the feature table itself**, as a new version (a copy of the version's row under another number),
       with its primary key, index and foreign key to the versions table -- the write the job must make,
@@ -98,8 +96,7 @@ def bare_copy(conninfo: str, version: int) -> dict[str, Any]:
     cols = ", ".join(COPY_COLUMNS)
     with psycopg.connect(conninfo) as conn:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT {cols} FROM fti_feature_rows WHERE version = %s ORDER BY record_id COLLATE \"C\"",
-                        (version,))
+            cur.execute(f"SELECT {cols} FROM fti_feature_rows WHERE version = %s", (version,))
             rows = cur.fetchall()
         conn.execute("DROP TABLE IF EXISTS bench_copy")
         conn.execute("CREATE TABLE bench_copy (LIKE fti_feature_rows INCLUDING ALL)")
@@ -138,8 +135,7 @@ def _timed_copy(conn: Any, table: str, rows: list[Any], t0: float | None = None)
 
 def phases(log_text: str, started: float, ended: float) -> dict[str, float]:
     """Where the local engine's time went, from its log's timestamps: start-up and partition (to the last
-    ``partitioned`` line), the features and, on PostgreSQL, the write of each bucket as it is computed, and
-    the checksum (to ``built``), then the commit (to the job's end; on SQLite, the whole write)."""
+    ``partitioned`` line), features and checksum (to ``built``), then the publish (to the job's end)."""
     def stamp(line: str) -> float:
         return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
 
@@ -160,8 +156,7 @@ def markdown(result: dict[str, Any]) -> str:
              "Bare `COPY` of the same rows, each in one transaction: into the feature table as a new version (its "
              "keys, index and foreign key: the write the job makes), and into a `LIKE` copy without the foreign "
              "key.", "",
-             "| source rows | engine | wall time | rows/s end to end | peak RSS | partition / features and write / "
-             "commit | "
+             "| source rows | engine | wall time | rows/s end to end | peak RSS | partition / features / publish | "
              "bare `COPY` into the feature table | job / that `COPY` | into the `LIKE` copy | job / that |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for size in result["sizes"]:
@@ -176,8 +171,8 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{job['rows_per_s'] / like['rows_per_s']:.2f} |")
     lines += ["", f"Checksums equal across engines at every size: {result['checksums_equal']}. "
               f"Cost per row of the local engine, largest size / smallest: {result['linearity']:.2f} "
-              "(1.00 = linear). Phases are the local engine's, from its log: start-up and partition; the features, "
-              "each bucket written as it is computed, and the checksum; then the commit.", MARK_END]
+              "(1.00 = linear). Phases are the local engine's, from its log: start-up and partition, features and "
+              "checksum, then the publishing transaction.", MARK_END]
     return "\n".join(lines)
 
 

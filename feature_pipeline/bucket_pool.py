@@ -30,7 +30,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -44,11 +44,6 @@ from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
-# The niceness of the workers while the job writes finished buckets to the database as they compute the others
-# (``compute(on_done=...)``): the write -- this process and the database's -- is the slower of the two, and on
-# a machine with as many workers as CPUs it was slowed by a fifth when the workers competed with it as equals
-# (docs/features.md). Their work fills the CPU the write leaves.
-BEHIND_THE_WRITE = 10
 
 
 def default_workers() -> int:
@@ -94,11 +89,9 @@ class WorkerPool:
             while ahead:
                 yield ahead.popleft().result()
 
-    def compute(self, folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int,
-                on_done: Callable[[BucketDone], None] | None = None) -> list[BucketDone]:
-        """Every entity bucket's features; the results in bucket order. ``on_done``: called here with each
-        bucket as it finishes (any order), while the workers compute the buckets still queued; the workers
-        then compute at a lower CPU priority (:data:`BEHIND_THE_WRITE`)."""
+    def compute(self, folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int
+                ) -> list[BucketDone]:
+        """Every entity bucket's features; the results in bucket order."""
         drop_path = folder / "dropped.npy"
         np.save(drop_path, dropped)
         log.info("computing %d bucket(s) on %d worker process(es)", buckets, min(self.workers, buckets))
@@ -107,9 +100,8 @@ class WorkerPool:
         t0 = time.perf_counter()
         try:
             with _pool_errors():
-                nice = BEHIND_THE_WRITE if on_done is not None else 0
-                pending: set[Future[BucketDone]] = {self._submit(_compute_task, folder, buckets, b, loaded, drop_path,
-                                                                 nice) for b in range(buckets)}
+                pending: set[Future[BucketDone]] = {self._submit(_compute_task, folder, buckets, b, loaded, drop_path)
+                                                    for b in range(buckets)}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
@@ -118,8 +110,6 @@ class WorkerPool:
                         rows += d.rows
                         if d.rows:
                             log_bucket_progress(len(done), buckets, d.rows, rows, target, time.perf_counter() - t0)
-                        if on_done is not None:
-                            on_done(d)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 drop_path.unlink()
@@ -139,11 +129,7 @@ def _partition_task(folder: Path, buckets: int, offset: int, chunk: pd.DataFrame
     return partition_chunk(folder, buckets, offset, chunk, spec, suffix=f"-{os.getpid()}")
 
 
-def _compute_task(folder: Path, buckets: int, b: int, loaded: LoadedSpec, drop_path: Path, nice: int = 0
-                  ) -> BucketDone:
-    if nice:
-        with contextlib.suppress(OSError):  # lowering one's own priority is always allowed; never raise it back
-            os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), nice))
+def _compute_task(folder: Path, buckets: int, b: int, loaded: LoadedSpec, drop_path: Path) -> BucketDone:
     return compute_bucket(folder, buckets, b, loaded, np.load(drop_path, mmap_mode="r"))
 
 

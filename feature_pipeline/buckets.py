@@ -19,9 +19,7 @@ Here memory is bounded by the largest bucket, not by the source:
    payloads; written back to disk sorted by record id, in blocks.
 4. **Merge.** The buckets' outputs merged by record id (Python's string order, as
    :func:`shared.feature_table.checksum_lines` sorts) give the checksum, then stream into the
-   publishing transaction (:func:`feature_pipeline.load.publish`). With ``on_output`` (PostgreSQL:
-   :class:`feature_pipeline.load.StagedVersion`), each bucket's rows were already handed over as the
-   bucket finished, into the transaction that publishes them; the merge then only gives the checksum.
+   publishing transaction (:func:`feature_pipeline.load.publish`).
 
 Steps 1 and 3 run on ``workers`` processes when there is more than one bucket
 (:mod:`feature_pipeline.bucket_pool`). Every row's features depend only on its own values and its
@@ -41,7 +39,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +60,6 @@ DEFAULT_CHUNK_ROWS = 100_000
 ROWS_PER_BUCKET = 250_000  # ``buckets="auto"``: about this many source rows per entity bucket
 BLOCK_ROWS = 2_000  # rows per pickled block of a bucket's output: the merge holds one block per bucket
 _PREFIX = "fti-buckets-"
-# what takes each computed bucket's rows -- (record_id, entity_key, event_time, payload), by record id -- and
-# the number of rows all buckets will give
-OutputSink = Callable[[Iterator[tuple[str, str, Any, str]], int], Any]
 
 
 @dataclass
@@ -103,15 +98,12 @@ def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120, workers: int = 1)
 def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool = False,
                    buckets: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, workdir: Path | None = None,
                    location: Path | None = None, spark_master: str | None = None,
-                   workers: int | None = None, on_output: OutputSink | None = None) -> BucketedBuild:
+                   workers: int | None = None) -> BucketedBuild:
     """The local engine's build (see the module docstring). ``buckets=None``: from the source's size and, for
     the local engine, the workers (:func:`auto_buckets`).
     ``workers``: processes computing step 3 (``None``: the CPUs this process may use; 1: here, in this
     process; :mod:`feature_pipeline.bucket_pool`). ``spark_master``: step 3 runs as Spark tasks, one group
-    per entity bucket (the Spark engine). ``on_output``: called in this thread with each computed bucket's
-    rows (``(record_id, entity_key, event_time, payload)``, by record id) and the rows all buckets will give,
-    as soon as the bucket is done, while the workers go on with the others; it is never called before
-    steps 1 and 2 passed.
+    per entity bucket (the Spark engine).
 
     Raises (:class:`RawDataError`, :class:`SourceError`, :class:`StrictSchemaError`) before anything is
     written to the store; the caller publishes ``rows()`` and then calls ``cleanup()``."""
@@ -212,14 +204,11 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
 
             done_buckets = compute_buckets(folder, buckets, loaded, drop, spark_master, target)
             engine: dict[str, Any] = {"name": "spark", "buckets": buckets, "master": spark_master}
-            if on_output is not None:  # the tasks are done: hand them over now
-                for d in done_buckets:
-                    _hand_over(d, on_output, target)
         elif pool is not None:
-            done_buckets = pool.compute(folder, buckets, loaded, drop, target, on_done=_sink(on_output, target))
+            done_buckets = pool.compute(folder, buckets, loaded, drop, target)
             engine = {"name": "local", "buckets": buckets}
         else:
-            done_buckets = _compute_here(folder, buckets, loaded, drop, target, on_done=_sink(on_output, target))
+            done_buckets = _compute_here(folder, buckets, loaded, drop, target)
             engine = {"name": "local", "buckets": buckets}
         outputs = [d.output for d in done_buckets if d.output is not None]
         unlabeled = sum(d.unlabeled for d in done_buckets)
@@ -301,8 +290,8 @@ def compute_bucket(folder: Path, buckets: int, b: int, loaded: LoadedSpec, dropp
     return BucketDone(b, out, len(features), int(features[spec.label].isna().sum()))
 
 
-def _compute_here(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int,
-                  on_done: Callable[[BucketDone], None] | None = None) -> list[BucketDone]:
+def _compute_here(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int
+                  ) -> list[BucketDone]:
     done: list[BucketDone] = []
     rows = 0
     t1 = time.perf_counter()
@@ -312,18 +301,7 @@ def _compute_here(folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.nd
         rows += d.rows
         if d.rows:
             log_bucket_progress(b + 1, buckets, d.rows, rows, target, time.perf_counter() - t1)
-        if on_done is not None:
-            on_done(d)
     return done
-
-
-def _hand_over(d: BucketDone, on_output: OutputSink, total: int) -> None:
-    if d.output is not None:
-        on_output(((rid, ent, when, payload) for rid, ent, _iso, when, payload in _output_rows(d.output)), total)
-
-
-def _sink(on_output: OutputSink | None, total: int) -> Callable[[BucketDone], None] | None:
-    return None if on_output is None else (lambda d: _hand_over(d, on_output, total))
 
 
 def log_bucket_progress(n: int, buckets: int, rows: int, done: int, target: int, elapsed: float) -> None:
@@ -467,14 +445,12 @@ def _write_output(path: Path, features: pd.DataFrame, spec: Any) -> Path:
     return path
 
 
-def _output_rows(path: Path) -> Iterator[tuple[Any, ...]]:
-    """A bucket's output rows ``(record_id, entity_key, iso time, naive UTC time, payload)``, by record id."""
-    for block in _load_all(path):
-        yield from block
-
-
 def _merged(outputs: list[Path]) -> Iterator[tuple[Any, ...]]:
-    return heapq.merge(*(_output_rows(p) for p in outputs), key=lambda r: r[0])
+    def rows(path: Path) -> Iterator[tuple[Any, ...]]:
+        for block in _load_all(path):
+            yield from block
+
+    return heapq.merge(*(rows(p) for p in outputs), key=lambda r: r[0])
 
 
 def _work_folder(workdir: Path | None) -> Path:

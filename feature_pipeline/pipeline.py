@@ -18,7 +18,7 @@ from feature_pipeline import featureset
 from feature_pipeline.config import Settings
 from feature_pipeline.extract import extract
 from feature_pipeline.featureset import StrictSchemaError, parse_as_of
-from feature_pipeline.load import Published, StagedVersion, publish
+from feature_pipeline.load import Published, publish
 from shared import feature_table as ft
 from shared.db import make_engine
 from shared.spec import LoadedSpec
@@ -60,28 +60,14 @@ def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, str
     if which in ("local", "spark"):
         from feature_pipeline.buckets import build_bucketed
 
-        store = make_engine(settings.feature_store_url)
-        # PostgreSQL: each bucket's rows are written as it is computed, in the publishing transaction
-        stage = StagedVersion(store, loaded.spec.name) if store.dialect.name == "postgresql" else None
+        built = build_bucketed(loaded, as_of=parse_as_of(as_of), strict=strict,
+                               buckets=buckets or settings.feature_buckets, chunk_rows=settings.feature_chunk_rows,
+                               workdir=settings.feature_work_dir, workers=workers or settings.feature_workers,
+                               spark_master=settings.spark_master if which == "spark" else None)
         try:
-            built = build_bucketed(loaded, as_of=parse_as_of(as_of), strict=strict,
-                                   buckets=buckets or settings.feature_buckets,
-                                   chunk_rows=settings.feature_chunk_rows, workdir=settings.feature_work_dir,
-                                   workers=workers or settings.feature_workers,
-                                   spark_master=settings.spark_master if which == "spark" else None,
-                                   on_output=stage.write if stage is not None else None)
-            try:
-                if stage is not None:
-                    published = stage.finish(built.manifest)
-                else:
-                    ft.upgrade(store)
-                    published = publish(store, built.manifest, built.rows())
-            finally:
-                built.cleanup()
+            published = _publish(settings, built.manifest, built.rows())
         finally:
-            if stage is not None:
-                stage.close()  # not committed: rolled back
-            store.dispose()
+            built.cleanup()
         return RunResult(published, built.warnings, time.perf_counter() - t0)
     if which != "memory":
         raise ValueError(f"unknown feature engine {which!r}: memory, local or spark")

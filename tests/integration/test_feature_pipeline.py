@@ -386,12 +386,8 @@ def test_as_of_cutoff_gives_fewer_rows(store_url: str, spec: Path, tmp_path: Pat
     assert pd.Timestamp(latest).tz_localize(None) <= cutoff.tz_localize(None)
 
 
-@pytest.mark.parametrize("engine", ["memory", "local"])
-def test_concurrent_runs_publish_one_version(store_url: str, spec: Path, tmp_path: Path, engine: str) -> None:
-    """Three runs at once: one version. The local engine on PostgreSQL holds the dataset's lock from its first
-    bucket written to its commit, and a run that finds its content published rolls its rows back."""
-    env = {**_env(tmp_path, store_url), "FTI_FEATURE_ENGINE": engine, "FTI_FEATURE_BUCKETS": "3",
-           "FTI_FEATURE_WORKERS": "1"}
+def test_concurrent_runs_publish_one_version(store_url: str, spec: Path, tmp_path: Path) -> None:
+    env = _env(tmp_path, store_url)
     results = _cli_concurrently([(["features", "run", "--spec", str(spec)], env)] * 3)
 
     for res in results:
@@ -404,87 +400,6 @@ def test_concurrent_runs_publish_one_version(store_url: str, spec: Path, tmp_pat
     n, checksum, _ = _stored(store_url, 1)
     assert (n, checksum) == (versions[0]["row_count"], versions[0]["checksum"])
     assert _counts(store_url) == (1, n)
-
-
-def test_the_local_engine_on_postgresql_writes_each_bucket_as_it_is_computed(pg_database: str, spec: Path,
-                                                                              tmp_path: Path) -> None:
-    """On PostgreSQL the bucketed engines write each bucket's rows as soon as it is computed, inside the
-    transaction that publishes them (``feature_pipeline.load.StagedVersion``): every ``COPY`` line comes before
-    the build's last line, the stored rows give the manifest's checksum, and the in-memory engine's version
-    of the same source is that version (unchanged)."""
-    env = {**_env(tmp_path, pg_database), "FTI_FEATURE_ENGINE": "local", "FTI_FEATURE_BUCKETS": "3",
-           "FTI_FEATURE_WORKERS": "2", "FTI_LOG_LEVEL": "INFO"}
-    res = _cli(["features", "run", "--spec", str(spec)], env)
-    assert res.returncode == 0, _explain(res)
-    assert _run_line(res.stdout) == (1, "created")
-    lines = res.stderr.splitlines()
-    copies = [i for i, x in enumerate(lines) if "rows (COPY)" in x]
-    built = [i for i, x in enumerate(lines) if " built " in x and "feature rows" in x]
-    assert copies and built and copies[-1] < built[0], "\n".join(lines[-40:])
-    assert "while it is built" in res.stderr
-    (version,) = _versions(pg_database)
-    n, checksum, hashed = _stored(pg_database, 1)
-    assert n == hashed == version["row_count"] and checksum == version["checksum"]
-    assert version["details"]["engine"]["name"] == "local"
-    memory = _cli(["features", "run", "--spec", str(spec)], {**env, "FTI_FEATURE_ENGINE": "memory"})
-    assert _run_line(memory.stdout) == (1, "unchanged"), _explain(memory)
-    again = _cli(["features", "run", "--spec", str(spec)], env)  # identical content: written, then rolled back
-    assert _run_line(again.stdout) == (1, "unchanged"), _explain(again)
-    assert "rows (COPY)" in again.stderr
-    assert _counts(pg_database) == (1, n)
-
-
-def _manifest(checksum: str, rows: int) -> dict[str, Any]:
-    from datetime import datetime
-
-    return {"dataset": DATASET, "checksum": checksum, "row_count": rows, "spec_hash": "s", "shared_version": "1",
-            "code_commit": "c", "source_format": "csv", "source_location": "here", "source_sha256": "0" * 64,
-            "as_of": datetime(2024, 1, 1), "columns": [["a", "float"]], "details": {"source_rows": rows},
-            "created_at": datetime(2024, 1, 2)}
-
-
-def test_a_staged_version_is_seen_by_nobody_until_it_is_finished(pg_database: str) -> None:
-    """Rows written into a staged version are invisible to other connections; a failure (a row count that is
-    not the manifest's) or a close without finishing leaves nothing; content already published is found at
-    the end and its rows rolled back; the next stage publishes with every manifest field."""
-    from datetime import datetime
-
-    from feature_pipeline.load import StagedVersion
-
-    engine = _engine(pg_database)
-    try:
-        rows = [("r1", "e1", datetime(2024, 1, 1), '{"a":1.0}'), ("r2", "e1", None, '{"a":2.0}')]
-        stage = StagedVersion(engine, DATASET)
-        assert stage.write(iter(rows[:1]), 2) == 1
-        assert _counts(pg_database) == (0, 0)  # another connection: nothing yet
-        with pytest.raises(RuntimeError, match="1 rows were written for a manifest of 2"):
-            stage.finish(_manifest("a" * 64, 2))
-        stage.close()
-        assert _counts(pg_database) == (0, 0)
-
-        stage = StagedVersion(engine, DATASET)
-        stage.write(iter(rows), 2)
-        stage.close()  # a build that failed after writing
-        assert _counts(pg_database) == (0, 0)
-
-        stage = StagedVersion(engine, DATASET)
-        stage.write(iter(rows), 2)
-        done = stage.finish(_manifest("a" * 64, 2))
-        assert done.created and done.info.version == 1
-        (version,) = _versions(pg_database)
-        assert version["checksum"] == "a" * 64 and version["row_count"] == 2
-        assert version["source_location"] == "here" and version["details"] == {"source_rows": 2}
-        assert _counts(pg_database) == (1, 2)
-
-        stage = StagedVersion(engine, DATASET)
-        stage.write(iter(rows), 2)
-        again = stage.finish(_manifest("a" * 64, 2))
-        assert not again.created and again.info.version == 1
-        assert _counts(pg_database) == (1, 2)
-        with pytest.raises(ValueError, match="PostgreSQL"):
-            StagedVersion(_engine("sqlite://"), DATASET)
-    finally:
-        engine.dispose()
 
 
 def test_pipeline_emits_no_deprecation_warnings(spec: Path, tmp_path: Path) -> None:
