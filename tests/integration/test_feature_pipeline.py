@@ -386,8 +386,11 @@ def test_as_of_cutoff_gives_fewer_rows(store_url: str, spec: Path, tmp_path: Pat
     assert pd.Timestamp(latest).tz_localize(None) <= cutoff.tz_localize(None)
 
 
-def test_concurrent_runs_publish_one_version(store_url: str, spec: Path, tmp_path: Path) -> None:
-    env = _env(tmp_path, store_url)
+@pytest.mark.parametrize("engine", ["memory", "local"])
+def test_concurrent_runs_publish_one_version(store_url: str, spec: Path, tmp_path: Path, engine: str) -> None:
+    """Three runs at once, with either engine: one version, and the same rows."""
+    env = {**_env(tmp_path, store_url), "FTI_FEATURE_ENGINE": engine, "FTI_FEATURE_BUCKETS": "3",
+           "FTI_FEATURE_WORKERS": "1"}
     results = _cli_concurrently([(["features", "run", "--spec", str(spec)], env)] * 3)
 
     for res in results:
