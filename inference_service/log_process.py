@@ -43,6 +43,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -64,8 +65,10 @@ FIELDS = ("written", "failed", "lost_on_shutdown", "dropped", "batches", "retrie
 _I = {name: i for i, name in enumerate(FIELDS)}
 ERROR_BYTES = 400
 PIPE_BYTES = 1 << 20  # F_SETPIPE_SZ: a 1 MiB pipe (the kernel's default is 64 KiB)
-MAX_MESSAGE = 8 << 20  # a pump write is at most this many bytes of frames (one large request may exceed it)
+MAX_MESSAGE = 8 << 20  # a message holds at most this many bytes of frames (one large request may exceed it)
 _FRAMES, _CLOSE = b"F", b"C"
+_MSG = struct.Struct("<cQ")  # a message on the pipe: its kind (_FRAMES or _CLOSE), then its length
+_IOV_MAX = 1024  # pieces per writev (POSIX's minimum for IOV_MAX is 16; Linux's is 1024)
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,11 @@ class ProcessLogWriter:
         # the fallback thread's batches hold the server's interpreter: its own (shorter) interval
         self.fallback_flush_interval = flush_interval if fallback_flush_interval is None else fallback_flush_interval
         self._cond = threading.Condition()
-        self._parts: list[bytes] = []  # frames not yet sent, as pieces
-        self._part_rows: list[int] = []  # rows of each frame in _parts (4 pieces a frame)
+        self._parts: list[bytes] = []  # frames not yet sent
+        self._part_rows: list[int] = []  # rows of each frame in _parts
         self._queued = 0  # rows in _parts
+        self._due = 0.0  # when the pump sends the buffered frames (flush_interval after the first one)
+        self._wake_rows = max(batch_size, max_queue // 4)  # ... or sooner, once this many rows wait
         self._sent = 0  # rows written to the pipe
         self._counts = {"submitted": 0, "dropped": 0, "failed": 0}
         self._closed = False
@@ -166,9 +171,11 @@ class ProcessLogWriter:
         fallback = self._fallback
         if fallback is not None:
             return fallback.log_request(n, request_body, response_body, request_id, now, threshold)
-        parts = RequestChunk.frame_parts(n, request_body, response_body, request_id, epoch_micros(now), threshold)
+        frame = b"".join(RequestChunk.frame_parts(n, request_body, response_body, request_id, epoch_micros(now),
+                                                  threshold))
         with self._cond:
             if not self._closed and not self._fits(n):
+                self._cond.notify_all()  # the pump sends what waits, so that the child can make room
                 deadline = time.monotonic() + self.block_seconds
                 while not self._closed and not self._fits(n) and self._fallback is None:
                     left = deadline - time.monotonic()
@@ -185,11 +192,13 @@ class ProcessLogWriter:
                           n, self._counts["dropped"], why, self._last_error())
                 return n
             else:
-                self._parts.extend(parts)
+                if not self._parts:
+                    self._due = time.monotonic() + self.flush_interval
+                self._parts.append(frame)
                 self._part_rows.append(n)
                 self._queued += n
                 self._counts["submitted"] += n
-                if self._queued >= self.batch_size:
+                if self._queued >= self._wake_rows and self._queued - n < self._wake_rows:
                     self._cond.notify_all()
                 return 0
         return fallback.log_request(n, request_body, response_body, request_id, now, threshold)
@@ -213,11 +222,22 @@ class ProcessLogWriter:
     # ------------------------------------------------------------------ the pump (a thread of the server)
 
     def _take(self) -> tuple[list[bytes], list[int]]:
-        """The buffered frames (4 pieces each) and their rows; from here they count as sent, so that rows
-        in a blocked pipe write still count against the capacity."""
+        """The buffered frames and their rows, once ``flush_interval`` has passed since the first of them
+        (sooner if ``_wake_rows`` rows wait, or at close); from here they count as sent, so that rows in a
+        blocked pipe write still count against the capacity.
+
+        Why time, not a row count: each send wakes this thread, which must take the interpreter from the
+        event loop in the middle of requests (twice: to take the frames, and after the write). Sending
+        whenever 500 rows waited, in messages of 64 frames, did that dozens of times a second at c=8; on a
+        time budget it is four times a second whatever the rate (docs/monitoring.md)."""
         with self._cond:
             if not self._parts and not self._stop.is_set():
-                self._cond.wait(self.flush_interval)
+                self._cond.wait(self.flush_interval)  # then back to the pump, which checks the child is alive
+            while self._parts and not self._stop.is_set() and self._queued < self._wake_rows:
+                wait = self._due - time.monotonic()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
             if not self._parts:
                 return [], []
             parts, rows = self._parts, self._part_rows
@@ -226,18 +246,19 @@ class ProcessLogWriter:
             return parts, rows
 
     def _pump(self) -> None:
-        per_message = 64  # frames
         while True:
             parts, rows = self._take()
             if parts:
-                for k in range(0, len(rows), per_message):
-                    try:
-                        self._conn.send_bytes(b"".join((_FRAMES, *parts[4 * k:4 * (k + per_message)])))
-                    except (OSError, ValueError) as exc:  # the child is gone: its pipe is broken
-                        with self._cond:
-                            self._sent -= sum(rows[k:])  # not sent: they go to the fallback
-                        self._child_died(f"{type(exc).__name__}: {exc}", unsent=parts[4 * k:])
-                        return
+                try:
+                    sent = 0
+                    for k, end in _messages(parts):
+                        _write_message(self._conn.fileno(), _FRAMES, parts[k:end])
+                        sent = end
+                except (OSError, ValueError) as exc:  # the child is gone: its pipe is broken
+                    with self._cond:
+                        self._sent -= sum(rows[sent:])  # not sent: they go to the fallback
+                    self._child_died(f"{type(exc).__name__}: {exc}", unsent=parts[sent:])
+                    return
             elif self._stop.is_set():
                 return
             if not self._proc.is_alive() and not self._stop.is_set():
@@ -356,7 +377,7 @@ class ProcessLogWriter:
             log.info("prediction log: closing; the writer process writes the %d row(s) not yet written",
                      self.stats()["pending"])
             with contextlib.suppress(OSError, ValueError):
-                self._conn.send_bytes(_CLOSE + struct.pack("<d", timeout))
+                _write_message(self._conn.fileno(), _CLOSE, [struct.pack("<d", timeout)])
             self._proc.join(timeout + 10.0)
             if self._proc.is_alive():
                 log.error("prediction log: the writer process did not finish within %.0fs; stopping it", timeout)
@@ -381,6 +402,58 @@ def _absolute_url(engine: Engine) -> str:
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         url = url.set(database=str(Path(url.database).expanduser().resolve()))
     return url.render_as_string(hide_password=False)
+
+
+# ---------------------------------------------------------------------- the pipe's messages
+
+
+def _messages(frames: list[bytes]) -> Iterator[tuple[int, int]]:
+    """``frames[k:end]`` slices of at most :data:`MAX_MESSAGE` bytes (one frame may be larger alone)."""
+    k, size = 0, 0
+    for i, frame in enumerate(frames):
+        if size and size + len(frame) > MAX_MESSAGE:
+            yield k, i
+            k, size = i, 0
+        size += len(frame)
+    if k < len(frames):
+        yield k, len(frames)
+
+
+def _write_message(fd: int, kind: bytes, pieces: list[bytes]) -> None:
+    """One message (a header, then ``pieces``) with ``writev``: no copy of the pieces into one buffer, and
+    the interpreter released once per 1,024 pieces rather than once per frame."""
+    views: list[bytes | memoryview] = [_MSG.pack(kind, sum(len(p) for p in pieces)), *pieces]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + _IOV_MAX])
+        while i < len(views) and n >= len(views[i]):
+            n -= len(views[i])
+            i += 1
+        if n:  # part of views[i] went out
+            views[i] = memoryview(views[i])[n:]
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from the pipe; ``None`` if it closes first (a message cut short is not a message)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    at = 0
+    while at < size:
+        n = os.readv(fd, [view[at:]])
+        if n == 0:
+            return None
+        at += n
+    return bytes(buf)
+
+
+def read_message(fd: int) -> tuple[bytes, bytes] | None:
+    """The next message's kind and body; ``None`` once the server closed its end of the pipe."""
+    head = _read_exactly(fd, _MSG.size)
+    if head is None:
+        return None
+    kind, size = _MSG.unpack(head)
+    body = _read_exactly(fd, size)
+    return None if body is None else (kind, body)
 
 
 # ---------------------------------------------------------------------- the child
@@ -427,14 +500,17 @@ def child_main(conn: Any, spec: DatasetSpec, params: dict[str, Any], shared: Any
     close_timeout = 30.0
     while True:
         try:
-            msg = conn.recv_bytes()
-        except (EOFError, OSError):
+            msg = read_message(conn.fileno())
+        except OSError:
+            msg = None
+        if msg is None:
             logging.getLogger(__name__).warning("the server went away; writing the rows it handed over")
             break
-        if msg[:1] == _CLOSE:
-            close_timeout = struct.unpack("<d", msg[1:9])[0] if len(msg) >= 9 else close_timeout
+        kind, body = msg
+        if kind == _CLOSE:
+            close_timeout = struct.unpack("<d", body[:8])[0] if len(body) >= 8 else close_timeout
             break
-        for chunk in RequestChunk.parse(spec, msg[1:]):
+        for chunk in RequestChunk.parse(spec, body):
             writer.submit_lazy(chunk.n, chunk)
             received += chunk.n
     writer.close(close_timeout if math.isfinite(close_timeout) else 30.0)

@@ -226,3 +226,72 @@ def test_a_child_that_dies_before_it_is_ready_leaves_the_log_to_a_thread(claims:
         stats = writer.close()
     assert stats["written"] + stats["failed"] == 5 and stats["pending"] == 0, stats
     assert stats["written"] >= 2  # the rows handed over after the fallback, at least
+
+
+def test_the_pump_sends_on_a_time_budget_not_per_batch_of_rows(claims: dict[str, Any], engine: Engine,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each send makes the pump take the interpreter from the event loop mid-request: under a steady stream
+    it sends once per flush interval, however many rows arrive (it used to send every 500 rows, in
+    messages of 64 frames), and every row still arrives."""
+    from inference_service import log_process
+
+    sends: list[int] = []
+    real = log_process._write_message
+
+    def counting(fd: int, kind: bytes, pieces: list[bytes]) -> None:
+        if kind == log_process._FRAMES:
+            sends.append(len(pieces))
+        real(fd, kind, pieces)
+
+    monkeypatch.setattr(log_process, "_write_message", counting)
+    ft.upgrade(engine)
+    writer = ProcessLogWriter(engine, claims["spec"], flush_interval=0.4, batch_size=50).start()
+    assert writer.wait_ready(60) and writer.mode == "process"
+    reqs = Requests(claims["spec"], claims["records"])
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 1.5:  # ~1.5 s of hand-overs, far more than 50 rows a send
+            for _ in range(50):
+                assert reqs.send(writer) == 0
+            time.sleep(0.005)
+        elapsed = time.monotonic() - started
+    finally:
+        stats = writer.close()
+    frames = len(reqs.chunks)
+    assert frames > 1000 and sum(sends) == frames, (frames, sends)
+    assert len(sends) <= elapsed / 0.4 + 2, sends  # one send per interval (+ the last one at close)
+    assert stats["written"] == frames and len(_stored(engine)) == frames
+
+
+def test_pipe_messages_survive_partial_writes_and_more_pieces_than_one_writev() -> None:
+    """Messages larger than the pipe (the writer blocks part-way) and with more pieces than IOV_MAX arrive
+    whole and in order; the reader says when the pipe closed, also mid-message."""
+    import threading
+
+    from inference_service import log_process
+
+    r, w = os.pipe()
+    sent = [[os.urandom(n % 97 + 1) for n in range(3000)], [b"x" * (3 << 20)], [b"tail"]]
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: log_process.read_message(r), None)))
+    reader.start()
+    try:
+        for pieces in sent:
+            log_process._write_message(w, log_process._FRAMES, pieces)
+        os.write(w, log_process._MSG.pack(log_process._FRAMES, 100) + b"cut short")  # then the server dies
+    finally:
+        os.close(w)
+        reader.join(30)
+        os.close(r)
+    assert got == [(log_process._FRAMES, b"".join(p)) for p in sent]
+
+
+def test_a_take_is_cut_into_messages_of_bounded_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_service import log_process
+
+    monkeypatch.setattr(log_process, "MAX_MESSAGE", 10)
+    frames = [b"a" * 4, b"b" * 4, b"c" * 4, b"d" * 30, b"e", b"f" * 9]
+    spans = list(log_process._messages(frames))
+    assert spans == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    assert [f for k, end in spans for f in frames[k:end]] == frames
+    assert list(log_process._messages([])) == []
