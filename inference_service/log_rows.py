@@ -94,30 +94,38 @@ class RequestChunk:
             raise ValueError(f"the logged request no longer normalises: {problems.items[:3]}")
         return arrays
 
-    def _rows(self, arrays: dict[str, np.ndarray], inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _columns(self, arrays: dict[str, np.ndarray]) -> tuple[list[str], list[Any]]:
+        """The entity keys and event times of normalised records, as the rows store them."""
         spec = self.spec
-        answer = json.loads(self.response_body)
-        predictions = answer["predictions"]
-        if len(predictions) != self.n or len(inputs) != self.n:
-            raise ValueError(f"expected {self.n} rows, got {len(predictions)} predictions and {len(inputs)} records")
         entities = [str(e) for e in arrays[spec.entity_key].tolist()]
         if spec.event_time:
             times: list[Any] = np.asarray(arrays[spec.event_time], dtype=np.int64).view("datetime64[us]") \
                 .astype(object).tolist()
         else:
-            times = [None] * self.n
+            times = [None] * len(entities)
+        return entities, times
+
+    def _rows(self, entities: list[str], times: list[Any], inputs: list[str]) -> list[dict[str, Any]]:
+        """This request's rows from its records' entity keys, event times and inputs' canonical JSON."""
+        answer = json.loads(self.response_body)
+        predictions = answer["predictions"]
+        if len(predictions) != self.n or len(inputs) != self.n:
+            raise ValueError(f"expected {self.n} rows, got {len(predictions)} predictions and {len(inputs)} records")
         now = EPOCH + timedelta(microseconds=self.created_micros)
-        common = {"request_id": self.request_id, "created_at": now, "dataset": spec.name,
+        common = {"request_id": self.request_id, "created_at": now, "dataset": self.spec.name,
                   "model_name": answer["model_name"], "model_version": answer["model_version"],
                   "feature_version": answer["feature_version"]}
+        threshold = self.threshold
         return [{"prediction_id": p["prediction_id"], **common, "record_id": str(p["record_id"]),
-                 "entity_key": entities[i], "event_time": times[i], "inputs": canonical_json(inputs[i]),
-                 "outputs": canonical_json(outputs(p["prediction"], p.get("probabilities"), self.threshold))}
+                 "entity_key": entities[i], "event_time": times[i], "inputs": inputs[i],
+                 "outputs": canonical_json(outputs(p["prediction"], p.get("probabilities"), threshold))}
                 for i, p in enumerate(predictions)]
 
     def __call__(self) -> list[dict[str, Any]]:
         arrays = self._arrays(self._records())
-        return self._rows(arrays, raw_records_from_arrays(arrays, self.spec))
+        entities, times = self._columns(arrays)
+        inputs = [canonical_json(r) for r in raw_records_from_arrays(arrays, self.spec)]
+        return self._rows(entities, times, inputs)
 
     @staticmethod
     def build_many(chunks: list[RequestChunk]) -> list[dict[str, Any]]:
@@ -132,11 +140,12 @@ class RequestChunk:
         assert spec is not None
         parts = [c._records() for c in chunks]
         arrays = chunks[0]._arrays([r for part in parts for r in part])
-        inputs = raw_records_from_arrays(arrays, spec)
+        entities, times = chunks[0]._columns(arrays)  # once for the batch, not once per request
+        inputs = [canonical_json(r) for r in raw_records_from_arrays(arrays, spec)]
         out: list[dict[str, Any]] = []
         at = 0
         for c, part in zip(chunks, parts, strict=True):
             n = len(part)
-            out.extend(c._rows({k: v[at:at + n] for k, v in arrays.items()}, inputs[at:at + n]))
+            out.extend(c._rows(entities[at:at + n], times[at:at + n], inputs[at:at + n]))
             at += n
         return out
