@@ -16,8 +16,10 @@
    and ``fti monitor serve`` beside the server (what compose runs; its default priority: niceness 10 and
    ``SCHED_IDLE``), a pass every ``--monitor-interval`` seconds (10; the service's default is 60, so every
    round holds passes over the rows it logged); *stress* = the same with a pass every second, where a
-   pass's fixed cost is paid 60 times as often as by default. p99 medians and ratios; the monitor's CPU
-   seconds in each round (it and its worker processes).
+   pass's fixed cost is paid 60 times as often as by default; *idle* = the log off and, beside the server, a
+   process that only spins a CPU under ``SCHED_IDLE``: no fti code, so it measures what the machine charges
+   serving for background CPU at the lowest priority Linux has, the floor under *log* and *on*. p99 medians and
+   ratios; the monitor's CPU seconds in each round (it and its worker processes).
 
 Writes ``bench/results/monitoring.json`` and the ``monitoring-bench`` section of ``docs/benchmarks.md``.
 """
@@ -51,8 +53,10 @@ from bench.serving import (
 
 # log off / the log written from a thread of the server (FTI_PREDICTION_LOG_PROCESS=false) / the log on (its
 # writer process: the default) / the log on and `fti monitor serve` beside the server, at --monitor-interval /
-# the same, a pass every second
-MODES = ("off", "thread", "log", "on", "stress")
+# the same, a pass every second / the log off and a CPU-bound process under SCHED_IDLE beside the server (what any
+# background CPU costs serving on this machine, whatever its priority: the floor under "log" and "on")
+MODES = ("off", "thread", "log", "on", "stress", "idle")
+_SPINNER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
 MARK_BEGIN, MARK_END = "<!-- monitoring-bench:begin -->", "<!-- monitoring-bench:end -->"
 
 
@@ -197,7 +201,8 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
     runs = []
     for r in range(rounds):
         for mode in (MODES if r % 2 == 0 else MODES[::-1]):
-            e = dict(env, FTI_PREDICTION_LOG="false" if mode == "off" else "true", FTI_RELOAD_INTERVAL_SECONDS="0",
+            e = dict(env, FTI_PREDICTION_LOG="false" if mode in ("off", "idle") else "true",
+                     FTI_RELOAD_INTERVAL_SECONDS="0",
                      FTI_PREDICTION_LOG_PROCESS="false" if mode == "thread" else "true")
             config = target_configs(spec_path, model, e, stand_in=False)["fti"]
             server = ServerProcess(config, work / "logs" / f"serve-{mode}-{r}.log")
@@ -212,6 +217,7 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
                                       monitor_interval if mode == "on" else 1.0) if mode in ("on", "stress") else None
                 passes0 = loop.__enter__().passes() if loop is not None else 0
                 cpu0 = loop.cpu_seconds() if loop is not None else 0.0
+                spinner = subprocess.Popen([sys.executable, "-c", _SPINNER]) if mode == "idle" else None
                 try:
                     load0 = os.getloadavg()[0]
                     res = loadgen.run_wrk(f"{server.url}/predict", body, connections=8, threads=2,
@@ -219,11 +225,14 @@ def serving_rounds(spec_path: Path, model: dict[str, Any], env: dict[str, str], 
                     passes = loop.passes() - passes0 if loop is not None else 0
                     cpu = loop.cpu_seconds() - cpu0 if loop is not None else 0.0
                 finally:
+                    if spinner is not None:
+                        spinner.kill()
+                        spinner.wait()
                     if loop is not None:
                         loop.__exit__(None, None, None)
                 res.update(round=r, mode=mode, load_avg_1m=[load0, os.getloadavg()[0]], monitor_passes=passes,
                            monitor_cpu_seconds=round(cpu, 2),
-                           prediction_log=log_drained(server.url) if mode != "off" else None)
+                           prediction_log=log_drained(server.url) if mode not in ("off", "idle") else None)
                 log(f"round {r + 1} {mode:<6} {res['req_per_s']:8.1f} req/s  p50 {res['latency_ms']['p50']:6.2f} ms  "
                     f"p99 {res['latency_ms']['p99']:6.2f} ms  non-2xx {res['non_2xx']}  log {res['prediction_log']}")
                 runs.append(res)
@@ -284,6 +293,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{s['monitor_cpu_seconds']} | |",
              f"| ... stress: a pass every second | {s['p99_stress_ms']:.2f} ms (x{s['p99_stress_ratio']:.3f}); "
              f"{s['stress_passes']} passes, {s['stress_cpu_seconds']} CPU s a round | |",
+             f"| ... log off, a CPU spinner under SCHED_IDLE beside the server (the machine's floor) | "
+             f"{s['p99_idle_ms']:.2f} ms (x{s['p99_idle_ratio']:.3f}); round by round "
+             + ", ".join(f"{x:.2f}" for x in s["p99_ratio_rounds"]["idle"]) + " | |",
              f"| ... throughput on / off | {s['rps_ratio']:.3f} | |",
              f"| ... throughput: thread / off, log / off | {s['rps_thread'] / s['rps_off']:.3f}, "
              f"{s['rps_log'] / s['rps_off']:.3f} | |",
@@ -351,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         return float(statistics.median([r[key] for r in runs if r["mode"] == mode]))
 
     serving = {"p99_off_ms": med("off", "p99"), "p99_thread_ms": med("thread", "p99"), "p99_log_ms": med("log", "p99"),
-               "p99_on_ms": med("on", "p99"), "p99_stress_ms": med("stress", "p99"),
+               "p99_on_ms": med("on", "p99"), "p99_stress_ms": med("stress", "p99"), "p99_idle_ms": med("idle", "p99"),
                "rps_off": med("off", "rps"), "rps_thread": med("thread", "rps"),
-               "rps_log": med("log", "rps"), "rps_on": med("on", "rps"),
+               "rps_log": med("log", "rps"), "rps_on": med("on", "rps"), "rps_idle": med("idle", "rps"),
                **{f"log_{k}": sum(int(x[k] or 0) for x in logged) for k in ("written", "dropped", "failed", "pending")},
                "monitor_interval": args.monitor_interval, "monitor_passes": med_of("on", "monitor_passes"),
                "monitor_cpu_seconds": med_of("on", "monitor_cpu_seconds"),
@@ -364,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     serving["p99_ratio_rounds"] = paired_ratios(runs)
     serving["p99_ratio"] = serving["p99_on_ms"] / serving["p99_off_ms"]
     serving["p99_stress_ratio"] = serving["p99_stress_ms"] / serving["p99_off_ms"]
+    serving["p99_idle_ratio"] = serving["p99_idle_ms"] / serving["p99_off_ms"]
     serving["rps_ratio"] = serving["rps_on"] / serving["rps_off"]
     result = {"started_at": started, "mode": "smoke" if args.smoke else "full", "rows": args.rows,
               "setup": setup, "fill": fill, "monitor": mon, "serving": serving, "runs": runs,

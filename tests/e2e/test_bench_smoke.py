@@ -98,7 +98,7 @@ def _smoke_run(module: str, tmp_path: Path) -> dict[str, Any]:
 def test_monitoring_benchmark_smoke_run(tmp_path):
     """``bench/monitoring.py --smoke``: a log filled over HTTP, one ``fti monitor run`` (its worker
     processes' memory summed), ``/predict`` rounds with the log off, written from a thread, from its process, and that beside
-    ``fti monitor serve``.
+    ``fti monitor serve``, and with a SCHED_IDLE CPU spinner beside the server.
     Checks every number was measured and no request failed; asserts no timing and no target."""
     results = _smoke_run("monitoring", tmp_path)
     assert results["mode"] == "smoke"
@@ -107,15 +107,16 @@ def test_monitoring_benchmark_smoke_run(tmp_path):
     assert mon["rows"] == results["rows"] and mon["windows"] > 0 and mon["new_reports"] == mon["windows"], mon
     assert mon["seconds"] > 0 and mon["peak_rss_mib"] >= mon["parent_peak_rss_mib"] > 0, mon
     modes = [r["mode"] for r in results["runs"]]
-    assert sorted(modes) == ["log", "off", "on", "stress", "thread"], modes
+    assert sorted(modes) == ["idle", "log", "off", "on", "stress", "thread"], modes
     for r in results["runs"]:
         assert r["requests"] > 0 and r["non_2xx"] == 0 and r["latency_ms"]["p99"] > 0, r
-        if r["mode"] != "off":  # every answered prediction logged, by the writer the mode names
+        if r["mode"] not in ("off", "idle"):  # every answered prediction logged, by the writer the mode names
             plog = r["prediction_log"]
             assert plog["written"] == plog["submitted"] > 0 and plog["dropped"] == plog["failed"] == 0, r
             assert plog["mode"] == ("thread" if r["mode"] == "thread" else "process"), r
     serving = results["serving"]
     assert serving["p99_off_ms"] > 0 and serving["p99_log_ms"] > 0 and serving["p99_on_ms"] > 0, serving
+    assert serving["p99_idle_ms"] > 0 and len(serving["p99_ratio_rounds"]["idle"]) == 1, serving
     assert serving["p99_thread_ms"] > 0 and serving["log_written"] > 0 and serving["log_pending"] == 0, serving
 
 
