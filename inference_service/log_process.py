@@ -171,8 +171,7 @@ class ProcessLogWriter:
         fallback = self._fallback
         if fallback is not None:
             return fallback.log_request(n, request_body, response_body, request_id, now, threshold)
-        frame = b"".join(RequestChunk.frame_parts(n, request_body, response_body, request_id, epoch_micros(now),
-                                                  threshold))
+        frame = RequestChunk.encode_frame(n, request_body, response_body, request_id, epoch_micros(now), threshold)
         with self._cond:
             if not self._closed and not self._fits(n):
                 self._cond.notify_all()  # the pump sends what waits, so that the child can make room

@@ -55,17 +55,17 @@ class RequestChunk:
     # ------------------------------------------------------------------ wire form (to the writer process)
 
     def frame(self) -> bytes:
-        return b"".join(self.frame_parts(self.n, self.request_body, self.response_body, self.request_id,
-                                         self.created_micros, self.threshold))
+        return self.encode_frame(self.n, self.request_body, self.response_body, self.request_id,
+                                 self.created_micros, self.threshold)
 
     @staticmethod
-    def frame_parts(n: int, request_body: bytes, response_body: bytes, request_id: str, created_micros: int,
-                    threshold: float | None) -> tuple[bytes, ...]:
-        """:meth:`frame`'s pieces without building a chunk (the request path joins a batch's pieces once)."""
+    def encode_frame(n: int, request_body: bytes, response_body: bytes, request_id: str, created_micros: int,
+                     threshold: float | None) -> bytes:
+        """:meth:`frame` without building a chunk (what the request path hands over)."""
         rid = request_id.encode()
         head = _HEAD.pack(n, len(rid), len(request_body), len(response_body), created_micros,
                           math.nan if threshold is None else threshold)
-        return head, rid, request_body, response_body
+        return b"".join((head, rid, request_body, response_body))
 
     @classmethod
     def parse(cls, spec: DatasetSpec, data: bytes) -> Iterator[RequestChunk]:
