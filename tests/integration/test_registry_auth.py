@@ -110,6 +110,25 @@ def test_the_read_only_user_reads_and_writes_nothing(server: MlflowServer, monke
                      headers={"Authorization": f"Basic {token}"}).status_code == 401
 
 
+def test_the_credential_cache_never_admits_a_wrong_password(server: MlflowServer):
+    """basic_auth.ini turns on MLflow's credential cache (a scrypt check per request kept the compose server's
+    core busy): a verified user/password is remembered, a wrong one is still refused right after."""
+    url = f"{server.url}/api/2.0/mlflow/registered-models/search"
+    assert httpx.get(url, auth=READER, timeout=30).status_code == 200
+    assert httpx.get(url, auth=(READER[0], READER[1] + "x"), timeout=30).status_code == 401
+    assert httpx.get(url, auth=(WRITER[0], READER[1]), timeout=30).status_code == 401
+    assert httpx.get(url, auth=READER, timeout=30).status_code == 200
+
+
+def test_the_server_config_caches_verified_credentials(monkeypatch: pytest.MonkeyPatch):
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(REPO / "docker/mlflow/basic_auth.ini"))
+    config = read_auth_config()
+    assert config.auth_cache_ttl_seconds == 60
+    assert config.authorization_function == "fti_registry_auth:authenticate"
+
+
 def test_the_rule_reads_its_users_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     import importlib.util
 
