@@ -6,7 +6,8 @@
 # ones marked slow (tests/unit shared -m "not slow"); CI always runs everything.
 #
 # Bootstraps the environment (scripts/bootstrap.sh), then runs
-# `.venv/bin/python -m pytest "$@"` from the repo root (no args = whole suite).
+# `.venv/bin/python -m pytest "$@"` from the repo root (no args = whole suite), on
+# $FTI_TEST_WORKERS (default 2) pytest-xdist workers; FTI_TEST_WORKERS=0 runs it in one process.
 # Exits with pytest's exit code, except that exit 5 ("no tests collected")
 # is turned into a failure (exit 1).
 set -euo pipefail
@@ -20,6 +21,14 @@ cd "$root"
 if [[ ${1:-} == --fast ]]; then
     shift
     set -- tests/unit shared -m "not slow" "$@"
+fi
+# Two workers by default (pytest-xdist): much of the suite waits on servers, containers and jobs, so a
+# second worker uses what the first leaves idle. One test file per worker at a time (module fixtures are
+# built once), taken in collection order: the long compose and e2e files start first, unit files fill in.
+# FTI_TEST_WORKERS=0 runs everything in this one process.
+workers="${FTI_TEST_WORKERS:-2}"
+if [[ $workers != 0 ]]; then
+    set -- -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
 fi
 echo "test.sh: .venv/bin/python -m pytest $*" >&2
 rc=0
