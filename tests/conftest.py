@@ -43,6 +43,20 @@ def pytest_configure(config: pytest.Config) -> None:
     apply()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``FTI_TEST_PHASE=parallel`` leaves out the tests marked ``alone``, ``FTI_TEST_PHASE=serial`` keeps only
+    them (scripts/test.sh runs the two phases one after the other): a latency bound such as "rolled back and
+    served within 10 s" measures the system, not a second worker's load. Unset: every test runs."""
+    phase = os.environ.get("FTI_TEST_PHASE", "")
+    if phase not in ("parallel", "serial"):
+        return
+    keep = [i for i in items if (i.get_closest_marker("alone") is not None) == (phase == "serial")]
+    if len(keep) != len(items):
+        kept = {id(i) for i in keep}
+        config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
+        items[:] = keep
+
+
 def _record_startup(config: pytest.Config, name: str, seconds: float) -> None:
     config.stash.setdefault(_STARTUP_TIMES, {})[name] = seconds
 

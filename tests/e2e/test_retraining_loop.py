@@ -26,7 +26,7 @@ from shared.monitor_table import retrain_decisions
 from tests.e2e.test_hot_reload import _start_clients, _stop_clients, _wait_json
 from tests.helpers import Server, fti_env, raw_json_records, run_fti, write_claims_spec
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]  # its rollback is timed: run with nothing beside it
 
 NAME = "claims-fraud"
 SCENARIO = ["--policyholders", "700", "--seed", "11", "--end", "2026-06-30", "--drift-from", "2026-01-01"]
