@@ -27,20 +27,20 @@ fi
 # built once), taken in collection order: the long compose and e2e files start first, unit files fill in.
 # Then the tests marked `alone`, with nothing beside them. FTI_TEST_WORKERS=0 runs everything in one process.
 workers="${FTI_TEST_WORKERS:-2}"
+pytest() {  # pytest [pytest args...]: echoed, run, its exit code returned
+    echo "test.sh: ${FTI_TEST_PHASE:+FTI_TEST_PHASE=$FTI_TEST_PHASE }.venv/bin/python -m pytest $*" >&2
+    "$root/.venv/bin/python" -m pytest "$@"
+}
 rc=0
 if [[ $workers == 0 ]]; then
-    echo "test.sh: .venv/bin/python -m pytest $*" >&2
-    "$root/.venv/bin/python" -m pytest "$@" || rc=$?
+    pytest "$@" || rc=$?
 else
     # Phase 1, on the workers: every test but those marked `alone` (a latency bound, such as a rollback
     # served within 10 s, measures the system only with no second worker loading the machine).
-    echo "test.sh: FTI_TEST_PHASE=parallel .venv/bin/python -m pytest -n $workers --dist loadfile --no-loadscope-reorder $*" >&2
-    FTI_TEST_PHASE=parallel "$root/.venv/bin/python" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@" \
-        || rc=$?
+    FTI_TEST_PHASE=parallel pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@" || rc=$?
     # Phase 2, in this process: the `alone` tests the same arguments select (none: pytest exits 5).
     rc2=0
-    echo "test.sh: FTI_TEST_PHASE=serial .venv/bin/python -m pytest $*" >&2
-    FTI_TEST_PHASE=serial "$root/.venv/bin/python" -m pytest "$@" || rc2=$?
+    FTI_TEST_PHASE=serial pytest "$@" || rc2=$?
     if [[ $rc -eq 5 && $rc2 -ne 5 ]]; then rc=0; fi  # everything selected was `alone`
     if [[ $rc2 -eq 5 && $rc -ne 5 ]]; then rc2=0; fi  # nothing selected was `alone`
     if [[ $rc -eq 0 ]]; then rc=$rc2; fi

@@ -50,10 +50,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     phase = os.environ.get("FTI_TEST_PHASE", "")
     if phase not in ("parallel", "serial"):
         return
-    keep = [i for i in items if (i.get_closest_marker("alone") is not None) == (phase == "serial")]
-    if len(keep) != len(items):
-        kept = {id(i) for i in keep}
-        config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (keep if (item.get_closest_marker("alone") is not None) == (phase == "serial") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
         items[:] = keep
 
 
