@@ -259,13 +259,15 @@ def _encode_block(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     the feature job's columns), each cell's JSON text is made a column at a time by the functions the
     encoder itself calls for them (``float.__repr__``, ``int.__repr__``, its string escaper), and a row is
     one ``%`` format of a template holding the sorted keys: the encoder's text, without a dict per row
-    (``tests/unit/shared/test_payload_encoding.py``). Any other cell type: the encoder, row by row."""
-    values = [json_column(frame[c]) for c in columns]
+    (``tests/unit/shared/test_payload_encoding.py``). A column with few distinct values has each value's
+    text made once (:func:`few_values_texts`). Any other cell type: the encoder, row by row."""
     encode = _PAYLOAD_ENCODER.encode
-    if not values:
+    if not columns:
         return [encode({}) for _ in range(len(frame))]
-    texts = [_json_texts(v) for v in values]
+    texts = [few_values_texts(frame[c]) for c in columns]
+    texts = [t if t is not None else _json_texts(json_column(frame[c])) for t, c in zip(texts, columns, strict=True)]
     if any(t is None for t in texts) or len(set(columns)) != len(columns):
+        values = [json_column(frame[c]) for c in columns]
         return [encode(dict(zip(columns, row, strict=True))) for row in zip(*values, strict=True)]
     order = sorted(range(len(columns)), key=lambda i: columns[i])  # sort_keys: Python's string order
     template = "{" + ",".join(_encode_string(columns[i]).replace("%", "%%") + ":%s" for i in order) + "}"
@@ -289,6 +291,54 @@ def _json_texts(values: list[Any]) -> list[str] | None:
             return ["null" if v is None else text(v) for v in values]
     table = _CELL_TEXT
     return [table[type(v)](v) for v in values]
+
+
+FEW_VALUES_SAMPLE = 1_000  # rows looked at first: a column with many distinct values there skips the count
+FEW_VALUES_SHARE = 0.1  # at most this share of distinct values (sample and column) for :func:`few_values_texts`
+
+
+def few_values_texts(series: pd.Series) -> list[str] | None:
+    """Each cell's JSON text, made once per distinct value, for a float or text column with few distinct
+    values (counts, flags, ages, categories); None for any other column, which goes cell by cell.
+
+    Why: writing a cell's text (``float.__repr__``, the string escaper) was most of a bucket's encoding
+    time, and most feature columns repeat a few values. The text of a value is the cell path's:
+    ``float.__repr__(v + 0.0)`` (so -0.0 gives ``0.0``) or ``null`` for NaN; for
+    text, the escaped string, ``null`` for a missing cell; a text column holding anything but ``str`` and
+    missing cells goes cell by cell (``tests/unit/shared/test_payload_encoding.py``)."""
+    n = len(series)
+    if n < 2 * FEW_VALUES_SAMPLE:
+        return None
+    dtype = series.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        arr = series.to_numpy(dtype=np.float64)
+        if len(np.unique(arr[:FEW_VALUES_SAMPLE])) > FEW_VALUES_SHARE * FEW_VALUES_SAMPLE:
+            return None
+        if np.isinf(arr).any():
+            raise ValueError("infinite values cannot be stored in the feature table")
+        codes, uniques = pd.factorize(arr, use_na_sentinel=True)  # NaN: -1
+        if len(uniques) > FEW_VALUES_SHARE * n:
+            return None
+        table = np.array([float.__repr__(v + 0.0) for v in uniques.tolist()] + ["null"], dtype=object)
+        return table[codes].tolist()  # code -1: the last entry, null
+    plain_objects = isinstance(dtype, np.dtype) and dtype.kind == "O"
+    if plain_objects or isinstance(dtype, pd.StringDtype):
+        try:
+            if len(pd.unique(series.iloc[:FEW_VALUES_SAMPLE])) > FEW_VALUES_SHARE * FEW_VALUES_SAMPLE:
+                return None
+            codes, uniques = pd.factorize(series, use_na_sentinel=True)  # missing cells: -1
+        except TypeError:  # unhashable cells (lists, dicts)
+            return None
+        if len(uniques) > FEW_VALUES_SHARE * n or any(type(v) is not str for v in uniques):
+            return None
+        missing = codes == -1
+        if plain_objects and missing.any() and not all(
+                v is None or v is pd.NA or v is pd.NaT or isinstance(v, (float, np.floating))
+                for v in series.to_numpy(dtype=object)[missing]):
+            return None  # a missing cell the cell path does not write as null (it may refuse it)
+        table = np.array([_encode_string(v) for v in uniques] + ["null"], dtype=object)
+        return table[codes].tolist()  # code -1: the last entry, null
+    return None
 
 
 def json_column(series: pd.Series) -> list[Any]:

@@ -77,6 +77,51 @@ def test_keys_in_any_order_with_characters_to_escape_and_every_cell_kind() -> No
     assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
 
 
+def _few_values_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Columns of a few distinct values each (the path that writes each value's text once), with every
+    awkward value those columns may hold, and columns where that path must step aside."""
+    from decimal import Decimal
+
+    def pick(values: list[object] | np.ndarray, dtype: object = object) -> np.ndarray:
+        return np.array(values, dtype=dtype)[rng.integers(0, len(values), size=n)]
+
+    floats = pick([0.0, -0.0, np.nan, 5e-324, 1e16, 1e-5, 0.1 + 0.2, -3.0, 1.7976931348623157e308], np.float64)
+    words = ["a", "Zürich ✓", "", 'say "hi"', "back\\slash", "\x00\x1f", "\u2028", "%s"]
+    frame = pd.DataFrame({
+        "few": floats, "few32": np.clip(floats, -1e30, 1e30).astype(np.float32),
+        "text": pick(words + [None, np.nan, pd.NA, pd.NaT, np.float32("nan")]),
+        "arrow": pd.array(pick(words + [None]), dtype="string[pyarrow]"),
+        "python_str": pd.array(pick(words + [None]), dtype="string[python]"),
+        "np_str": pick([np.str_("n"), "n", "m", None]),  # a str subclass: the same text
+        "mixed": pick(["1", 1, True, 1.0, None]),  # not all text: cell by cell
+        "dicts": pick([{"a": 1}, [1, 2], "x"]),  # unhashable: cell by cell
+        "many": rng.normal(size=n),  # many distinct values: cell by cell
+        "many_text": [f"t{i}" for i in rng.integers(0, n, size=n)],
+    })
+    frame.loc[frame.index[: n // 3], "few"] = floats[0]  # a sample that differs from the rest
+    frame["decimal_nan"] = pick(["x", Decimal("NaN")])  # missing to pandas, refused by the encoder
+    return frame
+
+
+@pytest.mark.parametrize("n", [1999, 2000, 5000])
+def test_columns_with_few_values_give_the_same_text(n: int) -> None:
+    frame = _few_values_frame(np.random.default_rng(n), n)
+    columns = sorted(c for c in frame.columns if c != "decimal_nan")
+    assert ft.encode_payloads(frame, columns) == _reference(frame, columns)
+    few = [c for c in ("few", "few32", "text", "arrow", "python_str", "np_str")
+           if ft.few_values_texts(frame[c]) is not None]
+    assert few == ([] if n < 2000 else ["few", "few32", "text", "arrow", "python_str", "np_str"])
+    assert all(ft.few_values_texts(frame[c]) is None for c in ("mixed", "dicts", "many", "many_text", "decimal_nan"))
+    with pytest.raises(TypeError):
+        ft.encode_payloads(frame, ["decimal_nan"])
+
+
+def test_few_values_with_an_infinity_are_refused() -> None:
+    frame = pd.DataFrame({"f": [1.0, 2.0] * 1500 + [np.inf]})
+    with pytest.raises(ValueError, match="infinite values cannot be stored"):
+        ft.encode_payloads(frame, ["f"])
+
+
 def test_a_cell_the_encoder_cannot_take_fails_as_it_did() -> None:
     from decimal import Decimal
 
