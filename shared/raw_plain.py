@@ -8,7 +8,8 @@ word that starts with a visible ASCII character, or an empty cell. For a plain c
 without running them:
 
 * numbers: a cell matching the ASCII decimal pattern with no surrounding space is ``float(cell)``
-  (numpy's cast of the object array calls ``float`` itself); an empty cell is missing; ``bool``
+  (Arrow's correctly rounded cast, or numpy's cast of the object array, which calls ``float`` itself);
+  an empty cell is missing; ``bool``
   columns: the exact lower-case words of the true and false sets;
 * text: a cell whose first character is visible ASCII (``!``..``~``) is not blank, so it is kept as is;
 * timestamps: ``YYYY-MM-DD``, optionally ``[T ]hh:mm:ss[.f{1,9}]`` and then ``Z`` or ``+hh:mm`` /
@@ -92,8 +93,22 @@ def numeric(arr: Any, raw: np.ndarray, *, is_bool: bool, true_words: list[str], 
     else:
         decided = _matches(arr, _DECIMAL)
         if decided.any():
-            values[decided] = raw[decided].astype(np.float64)  # float(cell), cell by cell, in C
+            values[decided] = _decimals(arr, raw, decided)
     return Plain(decided | empty, values, empty)
+
+
+def _decimals(arr: Any, raw: np.ndarray, decided: np.ndarray) -> np.ndarray:
+    """``float(cell)`` of the decided cells (ASCII decimals). Arrow's cast parses them correctly rounded, as
+    ``float`` does, so the same doubles (``tests/unit/shared/test_raw_plain.py``), ~10x faster than numpy's
+    cast of the object array, which calls ``float`` per cell; that cast if Arrow refuses any of them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return np.asarray(pc.cast(arr.filter(pa.array(decided)), pa.float64()).to_numpy(zero_copy_only=False),
+                          dtype=np.float64)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        return raw[decided].astype(np.float64)
 
 
 def text(arr: Any) -> Plain:

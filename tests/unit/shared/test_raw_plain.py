@@ -109,3 +109,31 @@ def test_every_awkward_cell_alone_among_plain_ones() -> None:
             frame = base.copy()
             frame.loc[137, column] = cell
             _both(frame)
+
+
+def test_decimal_spellings_parse_to_the_same_doubles() -> None:
+    """Plain numbers are parsed a column at a time (Arrow's cast) and must be ``float(cell)`` bit for bit:
+    shortest spellings of doubles over the whole exponent range, long mantissas, values halfway between
+    two doubles, subnormals, and numbers beyond the float range (infinite, then refused as not finite)."""
+    rng = np.random.default_rng(17)
+    n = 3000
+    doubles = rng.normal(size=n) * 10.0 ** rng.integers(-300, 300, size=n)
+    spellings = [repr(float(x)) for x in doubles]
+    spellings += [f"{x:.25e}" for x in doubles[:300]] + [f"{x:.17g}" for x in doubles[300:600]]
+    spellings += [f"{rng.integers(0, 10**6)}.{rng.integers(0, 10**9):09d}" for _ in range(600)]
+    spellings += ["2.4703282292062327e-324", "2.4703282292062328e-324", "4.9406564584124654e-324",
+                  "2.2250738585072011e-308", "9007199254740993", "1." + "0" * 60 + "1", "0" * 40 + "1.5",
+                  "9" * 400, "1e400", "1e-400", "+.5e-3", "-0"]
+    frame = _frame(5, len(spellings), 0.0, naive_times=False)
+    frame["amount"] = spellings
+    fast, fast_problems, _ = normalize_frame(frame, SPEC)
+    slow, slow_problems, _ = normalize_frame(frame, SPEC, plain_cells=False)
+    assert fast_problems.items == slow_problems.items
+    _same_cells(fast["amount"], slow["amount"])
+    finite = np.array([float(s) for s in spellings if math.isfinite(float(s))], dtype=np.float64) + 0.0  # -0: 0
+    assert np.array_equal(fast["amount"].dropna().to_numpy().view(np.int64), finite.view(np.int64))
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrow = pc.cast(pa.array(spellings), pa.float64()).to_numpy(zero_copy_only=False)  # the fast path itself
+    assert np.array_equal(arrow.view(np.int64), np.array([float(s) for s in spellings]).view(np.int64))
