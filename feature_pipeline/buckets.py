@@ -18,8 +18,9 @@ Here memory is bounded by the largest bucket, not by the source:
    :func:`shared.features.compute_batch` -- the shared transformers -- and rendered to canonical
    payloads; written back to disk sorted by record id, in blocks.
 4. **Merge.** The buckets' outputs merged by record id (Python's string order, as
-   :func:`shared.feature_table.checksum_lines` sorts) give the checksum, then stream into the
-   publishing transaction (:func:`feature_pipeline.load.publish`).
+   :func:`shared.feature_table.checksum_lines` sorts) give the checksum (here, or while the publish
+   writes them: ``checksum=False``) and stream into the publishing transaction
+   (:func:`feature_pipeline.load.publish_streaming`).
 
 Steps 1 and 3 run on ``workers`` processes when there is more than one bucket
 (:mod:`feature_pipeline.bucket_pool`). Every row's features depend only on its own values and its
@@ -74,7 +75,17 @@ class BucketedBuild:
 
     @property
     def checksum(self) -> str:
+        """The checksum (computed now if the build left it for later: ``build_bucketed(checksum=False)``)."""
+        if not self.manifest["checksum"]:
+            self.manifest["checksum"] = self.compute_checksum()
         return str(self.manifest["checksum"])
+
+    def compute_checksum(self) -> str:
+        """The checksum over the merged, record-id-ordered rows: one pass over the buckets' outputs."""
+        h = ft.checksum_hasher()
+        for rid, ent, iso, _when, payload in _merged(self.outputs):
+            ft.checksum_update(h, rid, ent, iso, payload)
+        return str(h.hexdigest())
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every feature row, in record-id order, as :func:`feature_pipeline.load.publish` takes them."""
@@ -98,12 +109,14 @@ def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120, workers: int = 1)
 def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, strict: bool = False,
                    buckets: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, workdir: Path | None = None,
                    location: Path | None = None, spark_master: str | None = None,
-                   workers: int | None = None) -> BucketedBuild:
+                   workers: int | None = None, checksum: bool = True) -> BucketedBuild:
     """The local engine's build (see the module docstring). ``buckets=None``: from the source's size and, for
     the local engine, the workers (:func:`auto_buckets`).
     ``workers``: processes computing step 3 (``None``: the CPUs this process may use; 1: here, in this
     process; :mod:`feature_pipeline.bucket_pool`). ``spark_master``: step 3 runs as Spark tasks, one group
-    per entity bucket (the Spark engine).
+    per entity bucket (the Spark engine). ``checksum=False``: the manifest's checksum is left empty, for
+    the publish to compute while it writes (:meth:`BucketedBuild.compute_checksum`,
+    :func:`feature_pipeline.load.publish_streaming`).
 
     Raises (:class:`RawDataError`, :class:`SourceError`, :class:`StrictSchemaError`) before anything is
     written to the store; the caller publishes ``rows()`` and then calls ``cleanup()``."""
@@ -213,18 +226,17 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
         outputs = [d.output for d in done_buckets if d.output is not None]
         unlabeled = sum(d.unlabeled for d in done_buckets)
 
-        # 4. the checksum over the merged, record-id-ordered rows
-        h = ft.checksum_hasher()
-        n = 0
-        for rid, ent, iso, _when, payload in _merged(outputs):
-            ft.checksum_update(h, rid, ent, iso, payload)
-            n += 1
-        manifest = make_manifest(loaded, checksum=h.hexdigest(), row_count=n, source_format=src.format,
+        # 4. the checksum over the merged, record-id-ordered rows (now, or while the publish writes them)
+        n = sum(d.rows for d in done_buckets)
+        manifest = make_manifest(loaded, checksum="", row_count=n, source_format=src.format,
                                  source_location=where, source_sha256=sha, as_of=as_of,
                                  source_rows=source_rows, extra=extra, warnings=warnings, unlabeled=unlabeled,
                                  engine=engine)
+        built = BucketedBuild(manifest, warnings, stats, folder, outputs)
+        if checksum:
+            manifest["checksum"] = built.compute_checksum()
         log.info("built %d feature rows in %d bucket(s) in %.1fs", n, buckets, time.perf_counter() - t0)
-        return BucketedBuild(manifest, warnings, stats, folder, outputs)
+        return built
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from feature_pipeline import featureset
 from feature_pipeline.config import Settings
 from feature_pipeline.extract import extract
 from feature_pipeline.featureset import StrictSchemaError, parse_as_of
-from feature_pipeline.load import Published, publish
+from feature_pipeline.load import Published, publish, publish_streaming
 from shared import feature_table as ft
 from shared.db import make_engine
 from shared.spec import LoadedSpec
@@ -63,9 +63,9 @@ def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, str
         built = build_bucketed(loaded, as_of=parse_as_of(as_of), strict=strict,
                                buckets=buckets or settings.feature_buckets, chunk_rows=settings.feature_chunk_rows,
                                workdir=settings.feature_work_dir, workers=workers or settings.feature_workers,
-                               spark_master=settings.spark_master if which == "spark" else None)
+                               spark_master=settings.spark_master if which == "spark" else None, checksum=False)
         try:
-            published = _publish(settings, built.manifest, built.rows())
+            published = _publish(settings, built.manifest, built.rows(), checksum=built.compute_checksum)
         finally:
             built.cleanup()
         return RunResult(published, built.warnings, time.perf_counter() - t0)
@@ -75,10 +75,14 @@ def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, str
     return RunResult(_publish(settings, manifest, rows), warnings, time.perf_counter() - t0)
 
 
-def _publish(settings: Settings, manifest: dict[str, Any], rows: Iterable[dict[str, Any]]) -> Published:
+def _publish(settings: Settings, manifest: dict[str, Any], rows: Iterable[dict[str, Any]],
+             checksum: Callable[[], str] | None = None) -> Published:
+    """``checksum``: the manifest's checksum is still to be computed (:func:`publish_streaming`)."""
     engine = make_engine(settings.feature_store_url)
     try:
         ft.upgrade(engine)
+        if checksum is not None:
+            return publish_streaming(engine, manifest, rows, checksum)
         return publish(engine, manifest, rows)
     finally:
         engine.dispose()
