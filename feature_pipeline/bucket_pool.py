@@ -1,4 +1,5 @@
-"""The local engine's worker processes: source chunks partitioned, then entity buckets computed, one per task.
+"""The local engine's worker processes: source chunks partitioned, record buckets cut off, then entity buckets
+computed, one per task.
 
 Why processes: normalising a chunk and computing a bucket's features are pandas, numpy and Python-level
 JSON encoding, most of it holding the GIL, so threads would take turns on one core. Each task is the
@@ -10,7 +11,8 @@ results do not depend on which worker ran what or when:
   of them sorted by source row;
 * the parent takes the chunks' results in source order, so problems, samples and the cutoff are
   gathered as one process would;
-* a bucket's output is its own file, merged by record id at the end.
+* a bucket's output is its own file, merged by record id at the end;
+* each record bucket's cutoff and edits (step 2) come back in bucket order, gathered as one process would.
 
 ``tests/integration/test_bucketed_build.py`` checks the rows and checksum for 1, 2 and 3 workers.
 
@@ -39,7 +41,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_pipeline.buckets import BucketDone, ChunkDone, compute_bucket, log_bucket_progress, partition_chunk
+from feature_pipeline.buckets import (
+    BucketDone,
+    ChunkDone,
+    CutoffDone,
+    compute_bucket,
+    cutoff_bucket,
+    log_bucket_progress,
+    outputs_checksum,
+    partition_chunk,
+)
 from shared.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -61,10 +72,10 @@ class WorkerPool:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def start(self) -> WorkerPool:
+    def start(self, purpose: str = "") -> WorkerPool:
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_die_with_parent, initargs=(os.getpid(),))
-        log.info("%d worker process(es)", self.workers)
+        log.info("%d worker process(es)%s", self.workers, f" {purpose}" if purpose else "")
         return self
 
     def close(self) -> None:
@@ -88,6 +99,13 @@ class WorkerPool:
                     yield ahead.popleft().result()
             while ahead:
                 yield ahead.popleft().result()
+
+    def cutoffs(self, folder: Path, buckets: int, spec: Any, as_of: pd.Timestamp) -> Iterator[CutoffDone | None]:
+        """Each record bucket's cutoff and edits (step 2), the results in bucket order."""
+        with _pool_errors():
+            futures = [self._submit(cutoff_bucket, folder, buckets, b, spec, as_of) for b in range(buckets)]
+            for fut in futures:
+                yield fut.result()
 
     def compute(self, folder: Path, buckets: int, loaded: LoadedSpec, dropped: np.ndarray, target: int
                 ) -> list[BucketDone]:
@@ -114,6 +132,16 @@ class WorkerPool:
             with contextlib.suppress(FileNotFoundError):
                 drop_path.unlink()
         return [done[b] for b in range(buckets)]
+
+
+def checksum_apart(outputs: list[Path]) -> str:
+    """The checksum pass over a build's outputs in a worker process of its own (killed with the job)."""
+    pool = WorkerPool(1).start("for the checksum, computed while the rows are written")
+    try:
+        with _pool_errors():
+            return str(pool._submit(outputs_checksum, outputs).result())
+    finally:
+        pool.close()
 
 
 @contextlib.contextmanager

@@ -80,12 +80,16 @@ class BucketedBuild:
             self.manifest["checksum"] = self.compute_checksum()
         return str(self.manifest["checksum"])
 
-    def compute_checksum(self) -> str:
-        """The checksum over the merged, record-id-ordered rows: one pass over the buckets' outputs."""
-        h = ft.checksum_hasher()
-        for rid, ent, iso, _when, payload in _merged(self.outputs):
-            ft.checksum_update(h, rid, ent, iso, payload)
-        return str(h.hexdigest())
+    def compute_checksum(self, apart: bool = False) -> str:
+        """The checksum over the merged, record-id-ordered rows: one pass over the buckets' outputs.
+        ``apart``: in a worker process of its own, so the pass does not take turns on this process's
+        interpreter lock with the ``COPY`` that writes the rows meanwhile
+        (:func:`feature_pipeline.load.publish_streaming`)."""
+        if apart:
+            from feature_pipeline.bucket_pool import checksum_apart
+
+            return checksum_apart(self.outputs)
+        return outputs_checksum(self.outputs)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every feature row, in record-id order, as :func:`feature_pipeline.load.publish` takes them."""
@@ -94,6 +98,14 @@ class BucketedBuild:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def outputs_checksum(outputs: list[Path]) -> str:
+    """:meth:`BucketedBuild.compute_checksum` of these bucket outputs (here)."""
+    h = ft.checksum_hasher()
+    for rid, ent, iso, _when, payload in _merged(outputs):
+        ft.checksum_update(h, rid, ent, iso, payload)
+    return str(h.hexdigest())
 
 
 def auto_buckets(size_bytes: int, *, bytes_per_row: int = 120, workers: int = 1) -> int:
@@ -179,28 +191,17 @@ def build_bucketed(loaded: LoadedSpec, *, as_of: pd.Timestamp | None = None, str
                                  "ingestion_time": src.ingestion_time}
         dup: dict[tuple[str, str, str | None], list[Any]] = {}
         kept = 0
-        part = _Partition(folder, buckets)
-        for b in range(buckets):
-            keys = part.read("r", b)
-            if keys is None:
+        cuts = pool.cutoffs(folder, buckets, spec, as_of) if pool is not None \
+            else (cutoff_bucket(folder, buckets, b, spec, as_of) for b in range(buckets))
+        for cut in cuts:  # in bucket order, however many processes compute them
+            if cut is None:
                 continue
-            keep, late = rows_before_cutoff(keys, spec, as_of)
-            stats["after_cutoff"] += int((~keep).sum())
-            stats["late_arrivals"] += int(late.sum())
-            dropped.update(keys["__row"][~keep].tolist())
-            keys = keys[keep]
-            found = Problems()
-            if src.ingestion_time:
-                check_unique(keys, [spec.record_id, src.ingestion_time], found,
-                             f"({spec.record_id}, {src.ingestion_time}) pairs")
-                ordered = keys.sort_values([spec.record_id, src.ingestion_time], kind="stable")
-                older = ordered.duplicated(subset=[spec.record_id], keep="last")
-                stats["superseded"] += int(older.sum())
-                dropped.update(ordered["__row"][older].tolist())
-            else:
-                check_unique(keys, [spec.record_id], found, f"{spec.record_id} values")
-            _gather(dup, found, 0, rows=keys["__row"].to_numpy())
-            kept += int(keep.sum())
+            stats["after_cutoff"] += cut.after_cutoff
+            stats["late_arrivals"] += cut.late_arrivals
+            stats["superseded"] += cut.superseded
+            dropped.update(cut.dropped.tolist())
+            _gather(dup, cut.found, 0, rows=cut.rows)
+            kept += cut.kept
         if dup:
             raise RawDataError(_merged_problems(dup), row_label=row_label, row_base=row_base,
                                context=f"source {where}")
@@ -271,6 +272,45 @@ def partition_chunk(folder: Path, buckets: int, offset: int, chunk: pd.DataFrame
     latest = frame[stamp_col].max() if stamp_col else None
     _Partition(folder, buckets).write(frame, spec, suffix)
     return ChunkDone(offset, len(chunk), found, [], extra, latest)
+
+
+@dataclass(frozen=True)
+class CutoffDone:
+    """Step 2 for one record bucket: its counts, the source rows it drops (after the cutoff, or superseded
+    by a later edit), and its duplicate-key problems (positions in ``rows``, its kept rows' source rows)."""
+
+    after_cutoff: int
+    late_arrivals: int
+    superseded: int
+    kept: int
+    dropped: np.ndarray
+    found: Problems
+    rows: np.ndarray
+
+
+def cutoff_bucket(folder: Path, buckets: int, b: int, spec: Any, as_of: pd.Timestamp) -> CutoffDone | None:
+    """Record bucket ``b`` (every edit of its record ids): the as-of cutoff, then one row per record id --
+    the latest edit known at the cutoff -- or the duplicate-key problem. None: the bucket is empty."""
+    keys = _Partition(folder, buckets).read("r", b)
+    if keys is None:
+        return None
+    src = spec.source
+    keep, late = rows_before_cutoff(keys, spec, as_of)
+    dropped = [keys["__row"].to_numpy()[~keep.to_numpy(dtype=bool)]]
+    keys = keys[keep]
+    found = Problems()
+    superseded = 0
+    if src.ingestion_time:
+        check_unique(keys, [spec.record_id, src.ingestion_time], found,
+                     f"({spec.record_id}, {src.ingestion_time}) pairs")
+        ordered = keys.sort_values([spec.record_id, src.ingestion_time], kind="stable")
+        older = ordered.duplicated(subset=[spec.record_id], keep="last")
+        superseded = int(older.sum())
+        dropped.append(ordered["__row"].to_numpy()[older.to_numpy()])
+    else:
+        check_unique(keys, [spec.record_id], found, f"{spec.record_id} values")
+    return CutoffDone(int((~keep).sum()), int(late.sum()), superseded, int(keep.sum()),
+                      np.concatenate(dropped).astype(np.int64), found, keys["__row"].to_numpy())
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def run(loaded: LoadedSpec, settings: Settings, *, as_of: str | None = None, str
 
 
 def _publish(settings: Settings, manifest: dict[str, Any], rows: Iterable[dict[str, Any]],
-             checksum: Callable[[], str] | None = None) -> Published:
+             checksum: Callable[[bool], str] | None = None) -> Published:
     """``checksum``: the manifest's checksum is still to be computed (:func:`publish_streaming`)."""
     engine = make_engine(settings.feature_store_url)
     try:

@@ -92,8 +92,9 @@ def test_edits_late_arrivals_and_a_cutoff_give_the_in_memory_rows(demo: Path, tm
     for as_of in (None, (ingested.median() + pd.Timedelta(seconds=1)).floor("s"), last + pd.Timedelta(hours=20)):
         memory = _memory(spec_path, as_of)
         assert memory.stats["superseded"] > 0 or as_of is not None
-        for buckets in (1, 2, 7):
-            _assert_same(memory, _local(spec_path, tmp_path / "work", buckets, chunk_rows=503, as_of=as_of), buckets)
+        for buckets, workers in ((1, 1), (2, 1), (7, 1), (7, 2)):  # workers: the cutoff and edits in processes
+            _assert_same(memory, _local(spec_path, tmp_path / "work", buckets, chunk_rows=503, as_of=as_of,
+                                        workers=workers), buckets)
 
 
 def test_a_parquet_source_gives_the_in_memory_rows(demo: Path, tmp_path: Path) -> None:
