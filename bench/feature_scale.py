@@ -175,8 +175,9 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{job['rows_per_s'] / like['rows_per_s']:.2f} |")
     lines += ["", f"Checksums equal across engines at every size: {result['checksums_equal']}. "
               f"Cost per row of the local engine, largest size / smallest: {result['linearity']:.2f} "
-              "(1.00 = linear). Phases are the local engine's, from its log: start-up and partition, features and "
-              "checksum, then the publishing transaction.", MARK_END]
+              "(1.00 = linear). Phases are the local engine's, from its log: start-up and partition, the cutoff and "
+              "features, then the publishing transaction (with the checksum's pass, which runs beside the `COPY`).",
+              MARK_END]
     return "\n".join(lines)
 
 
