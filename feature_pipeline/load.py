@@ -73,10 +73,7 @@ def publish(engine: Engine, manifest: dict[str, Any], rows: Iterable[dict[str, A
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(dataset)})
             v = ft.feature_versions
-            existing = conn.execute(select(v).where(v.c.dataset == dataset,
-                                                    v.c.checksum == manifest["checksum"])).first()
-            if existing is not None:
-                info = ft.VersionInfo(**{k: existing._mapping[k] for k in ft.VersionInfo.__dataclass_fields__})
+            if (info := _existing(conn, dataset, manifest["checksum"])) is not None:
                 log.info("identical content is already version %s of %r: nothing written", info.version, dataset)
                 return Published(info, created=False)
             latest = conn.execute(select(func.max(v.c.version)).where(v.c.dataset == dataset)).scalar()
@@ -142,8 +139,8 @@ def _existing(conn: Any, dataset: str, checksum: str) -> ft.VersionInfo | None:
 def publish_streaming(engine: Engine, manifest: dict[str, Any], rows: Iterable[dict[str, Any]],
                       checksum: Callable[[bool], str]) -> Published:
     """:func:`publish` for a build whose checksum is one more pass over its rows (the local and Spark
-    engines' merge of their buckets): on PostgreSQL that pass runs on a thread *while* the rows are
-    written, instead of before.
+    engines' merge of their buckets): on PostgreSQL that pass runs *while* the rows are written, instead of
+    before.
 
     Why: the pass took ~1.9 s a million rows on its own, while during the ``COPY`` the server's backend is
     the bottleneck (~14 s of its CPU a million rows, against ~5 s for this process) and this process waits.
