@@ -107,13 +107,16 @@ class Server:
             time.sleep(0.3)
         raise TimeoutError(f"not ready after {timeout}s: {last}; log: {self.log_path.read_text()[-3000:]}")
 
-    def stop(self) -> int:
+    def stop(self, grace: float = 35.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` s. The server's own shutdown may take up to ~30 s (uvicorn's
+        graceful wait, then the prediction log's 15 s close and its last retry's back-off); a shorter grace
+        killed a server whose log could not write before it said which rows it held (a CI run, under load)."""
         import signal
 
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
