@@ -72,14 +72,11 @@ def publish(engine: Engine, manifest: dict[str, Any], rows: Iterable[dict[str, A
         with conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(dataset)})
-            v = ft.feature_versions
             if (info := _existing(conn, dataset, manifest["checksum"])) is not None:
                 log.info("identical content is already version %s of %r: nothing written", info.version, dataset)
                 return Published(info, created=False)
-            latest = conn.execute(select(func.max(v.c.version)).where(v.c.dataset == dataset)).scalar()
-            version = (latest or 0) + 1
-            record = {**manifest, "version": version}
-            conn.execute(insert(v).values(**record))
+            record = _insert_next_version(conn, manifest)
+            version = record["version"]
             counted = _Counted(rows)
             if conn.dialect.name == "postgresql":
                 _copy_rows(conn, dataset, version, counted, total)
@@ -88,10 +85,23 @@ def publish(engine: Engine, manifest: dict[str, Any], rows: Iterable[dict[str, A
                 while chunk := [{**r, "dataset": dataset, "version": version} for r in itertools.islice(it, _BATCH)]:
                     conn.execute(insert(ft.feature_rows), chunk)
                     log.info("writing version %s: %d/%d rows", version, counted.n, total)
-            if counted.n != total:
-                raise RuntimeError(f"{counted.n} rows were written for a manifest of {total}: nothing published")
+            _check_count(counted, total)
         info = ft.VersionInfo(**{k: record[k] for k in ft.VersionInfo.__dataclass_fields__})
     return Published(info, created=True)
+
+
+def _insert_next_version(conn: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's version row under the next version number (the dataset's lock is held); the row."""
+    v = ft.feature_versions
+    latest = conn.execute(select(func.max(v.c.version)).where(v.c.dataset == manifest["dataset"])).scalar()
+    record = {**manifest, "version": (latest or 0) + 1}
+    conn.execute(insert(v).values(**record))
+    return record
+
+
+def _check_count(counted: _Counted, total: int) -> None:
+    if counted.n != total:
+        raise RuntimeError(f"{counted.n} rows were written for a manifest of {total}: nothing published")
 
 
 class _AlreadyPublished(Exception):  # noqa: N818 - a signal, not an error: rolls the staged write back
@@ -165,18 +175,15 @@ def publish_streaming(engine: Engine, manifest: dict[str, Any], rows: Iterable[d
             conn = raw_conn
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(dataset)})
             summed.start()  # after the lock: a job waiting for another's publish does not read its files yet
-            v = ft.feature_versions
-            latest = conn.execute(select(func.max(v.c.version)).where(v.c.dataset == dataset)).scalar()
-            version = (latest or 0) + 1
-            record = {**manifest, "version": version, "checksum": placeholder}
-            conn.execute(insert(v).values(**record))
+            record = _insert_next_version(conn, {**manifest, "checksum": placeholder})
+            version = record["version"]
             counted = _Counted(_checked(engine, dataset, rows, summed))
             _copy_rows(conn, dataset, version, counted, total)
-            if counted.n != total:
-                raise RuntimeError(f"{counted.n} rows were written for a manifest of {total}: nothing published")
+            _check_count(counted, total)
             record["checksum"] = summed.result()
             if (info := _existing(conn, dataset, record["checksum"])) is not None:
                 raise _AlreadyPublished(info)
+            v = ft.feature_versions
             conn.execute(update(v).where(v.c.dataset == dataset, v.c.version == version)
                          .values(checksum=record["checksum"]))
     except _AlreadyPublished as same:

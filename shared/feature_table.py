@@ -264,11 +264,17 @@ def _encode_block(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     encode = _PAYLOAD_ENCODER.encode
     if not columns:
         return [encode({}) for _ in range(len(frame))]
-    texts = [few_values_texts(frame[c]) for c in columns]
-    texts = [t if t is not None else _json_texts(json_column(frame[c])) for t, c in zip(texts, columns, strict=True)]
+    values: dict[int, list[Any]] = {}  # json_column of the columns that go cell by cell, computed once
+    texts: list[list[str] | None] = []
+    for i, c in enumerate(columns):
+        text = few_values_texts(frame[c])
+        if text is None:
+            values[i] = json_column(frame[c])
+            text = _json_texts(values[i])
+        texts.append(text)
     if any(t is None for t in texts) or len(set(columns)) != len(columns):
-        values = [json_column(frame[c]) for c in columns]
-        return [encode(dict(zip(columns, row, strict=True))) for row in zip(*values, strict=True)]
+        cells = [values[i] if i in values else json_column(frame[c]) for i, c in enumerate(columns)]
+        return [encode(dict(zip(columns, row, strict=True))) for row in zip(*cells, strict=True)]
     order = sorted(range(len(columns)), key=lambda i: columns[i])  # sort_keys: Python's string order
     template = "{" + ",".join(_encode_string(columns[i]).replace("%", "%%") + ":%s" for i in order) + "}"
     return [template % row for row in zip(*(texts[i] for i in order), strict=True)]
@@ -293,6 +299,11 @@ def _json_texts(values: list[Any]) -> list[str] | None:
     return [table[type(v)](v) for v in values]
 
 
+def _refuse_infinite(arr: np.ndarray) -> None:
+    if np.isinf(arr).any():
+        raise ValueError("infinite values cannot be stored in the feature table")
+
+
 FEW_VALUES_SAMPLE = 1_000  # rows looked at first: a column with many distinct values there skips the count
 FEW_VALUES_SHARE = 0.1  # at most this share of distinct values (sample and column) for :func:`few_values_texts`
 
@@ -314,8 +325,7 @@ def few_values_texts(series: pd.Series) -> list[str] | None:
         arr = series.to_numpy(dtype=np.float64)
         if len(np.unique(arr[:FEW_VALUES_SAMPLE])) > FEW_VALUES_SHARE * FEW_VALUES_SAMPLE:
             return None
-        if np.isinf(arr).any():
-            raise ValueError("infinite values cannot be stored in the feature table")
+        _refuse_infinite(arr)
         codes, uniques = pd.factorize(arr, use_na_sentinel=True)  # NaN: -1
         if len(uniques) > FEW_VALUES_SHARE * n:
             return None
@@ -348,8 +358,7 @@ def json_column(series: pd.Series) -> list[Any]:
     numpy_dtype = isinstance(dtype, np.dtype)  # extension dtypes (nullable Int64, ...) cell by cell
     if numpy_dtype and dtype.kind == "f":
         arr = series.to_numpy(dtype=np.float64)
-        if np.isinf(arr).any():
-            raise ValueError("infinite values cannot be stored in the feature table")
+        _refuse_infinite(arr)
         nan = np.isnan(arr)
         out = (arr + 0.0).tolist()
         if nan.any():
